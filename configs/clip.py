@@ -1,0 +1,71 @@
+"""python -m vlp_jax.main --config configs/clip.py --workdir runs/clip
+   python -m vlp_jax.main --config configs/clip.py:size=demo --workdir runs/clip_demo
+   python -m vlp_jax.main --config configs/clip.py:size=tiny --workdir runs/clip_tiny   (tests)
+
+CLIP-style dual encoder (no fusion layers) trained with ITC only over the global batch: ViT-B/16
+and a 12-layer BERT-style text tower, 224 px, global batch 32,768 as in OpenCLIP's B/16 runs.
+`size=demo` matches configs/demo.py's towers on `shapes` (a CPU-sized contrastive baseline);
+`size=tiny` is a micro model for tests.
+"""
+
+import ml_collections
+
+from vlp_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = config_lib.parse_arg(arg, size="base")
+    c = config_lib.base_config()
+    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0})
+    if args.size == "base":
+        c.batch_size = 32_768
+        c.total_steps = 12_000
+        c.data.tokenizer = "bert-base-uncased"
+        c.data.image_size = 224
+        c.data.max_len = 32
+        c.model = config_lib.model_config("dual_encoder", image_size=224, image_variant="B/16")
+        c.model.text.max_len = 512
+        c.model.dtype = "bfloat16"
+        c.model.embed_dim = 512
+        c.optimizer.learning_rate = 5e-4
+        c.optimizer.weight_decay = 0.2
+        c.optimizer.b2 = 0.98
+        c.optimizer.eps = 1e-6
+        return c
+    if args.size == "demo":
+        c.batch_size = 64
+        c.total_steps = 2_400
+        c.log_every_steps = 50
+        c.eval_every_steps = 2_400
+        c.checkpoint_every_steps = 500
+        c.data.image_size = 32
+        c.data.max_len = 24
+        c.data.crop_scale = (0.8, 1.0)
+        c.model = config_lib.model_config(
+            "dual_encoder", image_size=32, image_variant="", text_size="demo", vocab_size=128,
+            max_len=24, embed_dim=64,
+        )
+        c.model.image.update(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
+        c.model.text.update(mlp_dim=256, dropout=0.0)
+        c.optimizer.update(learning_rate=1e-3, warmup_steps=200)
+        return c
+    if args.size != "tiny":
+        raise ValueError(f"configs/clip.py: size={args.size!r}; accepted: ['base', 'demo', 'tiny']")
+    c.batch_size = 16
+    c.total_steps = 4
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 2
+    c.data.image_size = 32
+    c.data.max_len = 24
+    c.data.train_examples = 2_000
+    c.data.read_threads = 1
+    c.model = config_lib.model_config(
+        "dual_encoder", image_size=32, image_variant="mu", text_size="mu", vocab_size=128,
+        max_len=24, embed_dim=32,
+    )
+    c.optimizer.warmup_steps = 2
+    c.eval.num_examples = 64
+    c.eval.batch_size = 32
+    c.tensorboard = False
+    return c

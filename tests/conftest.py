@@ -1,0 +1,17 @@
+"""Test set-up: 8 virtual CPU devices (before JAX touches a device) and parsed absl flags."""
+
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+# Grain reads absl flags; outside absl.app they must be parsed once.
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS(sys.argv[:1], known_only=True)

@@ -1,0 +1,207 @@
+"""Config building blocks shared by every recipe in `configs/`, and their validation.
+
+A recipe is a `get_config(arg)` that starts from `base_config()` and changes fields. The keys made
+here are the public interface: `--config.<key>=value` overrides any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MODEL_KINDS = ("albef", "dual_encoder")
+DTYPES = ("float32", "bfloat16")
+ITM_MODES = ("sample", "argmax")
+DATASETS = ("shapes",)
+OBJECTIVES = {"albef": ("itc", "itm", "mlm"), "dual_encoder": ("itc",)}
+
+# Text tower sizes: (width, heads, mlp_dim, text_layers, fusion_layers).
+TEXT_SIZES = {
+    "mu": (32, 2, 64, 1, 1),
+    "demo": (128, 4, 512, 2, 2),
+    "tiny": (192, 3, 768, 2, 2),
+    "base": (768, 12, 3072, 6, 6),
+}
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses `configs/x.py:key=value,flag` into a ConfigDict typed by `defaults`.
+
+    A bare word sets the first default key (`albef.py:tiny` == `albef.py:size=tiny`); unknown keys
+    are an error naming the key and the accepted ones.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    first = next(iter(defaults)) if defaults else None
+    for part in filter(None, (p.strip() for p in arg.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            key, value = (first, key) if first is not None else (key, "True")
+        if key not in defaults:
+            raise ValueError(
+                f"config argument {key!r} is unknown; accepted: {sorted(defaults)} (got {arg!r})"
+            )
+        default = defaults[key]
+        if isinstance(default, bool):
+            typed: Any = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            typed = int(value)
+        elif isinstance(default, float):
+            typed = float(value)
+        else:
+            typed = value
+        out[key] = typed
+    return out
+
+
+def model_config(
+    kind: str = "albef",
+    *,
+    image_size: int = 256,
+    image_variant: str = "B/16",
+    text_size: str = "base",
+    vocab_size: int = 30522,
+    max_len: int = 32,
+    embed_dim: int = 256,
+    dtype: str = "float32",
+) -> ml_collections.ConfigDict:
+    width, heads, mlp, text_layers, fusion_layers = TEXT_SIZES[text_size]
+    return ml_collections.ConfigDict(
+        {
+            "kind": kind,
+            "embed_dim": embed_dim,
+            "temperature_init": 0.07,
+            "dtype": dtype,
+            "image": {
+                "variant": image_variant,
+                "image_size": image_size,
+                "patch_size": 16,
+                "width": 768,
+                "depth": 12,
+                "num_heads": 12,
+                "mlp_ratio": 4.0,
+                "dropout": 0.0,
+                "remat": False,
+            },
+            "text": {
+                "vocab_size": vocab_size,
+                "width": width,
+                "num_heads": heads,
+                "mlp_dim": mlp,
+                "text_layers": text_layers,
+                "fusion_layers": fusion_layers,
+                "max_len": max_len,
+                "dropout": 0.1,
+                "remat": False,
+            },
+        }
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a recipe shares, with ALBEF's defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 512  # global
+    c.total_steps = 100_000
+    c.log_every_steps = 100
+    c.eval_every_steps = 5_000
+    c.checkpoint_every_steps = 1_000
+    c.keep_checkpoints = 3
+    c.model = model_config()
+    c.data = ml_collections.ConfigDict(
+        {
+            "name": "shapes",
+            "tokenizer": "shapes",
+            "max_len": 32,
+            "image_size": 256,  # model input resolution
+            "source_image_size": 64,  # rendering resolution of the embedded dataset
+            "train_examples": 200_000,
+            "crop_scale": (0.5, 1.0),
+            "hflip_prob": 0.5,  # flips swap "left"/"right" in the caption too
+            "read_threads": 2,
+            "prefetch_batches": 4,
+        }
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "learning_rate": 1e-4,
+            "min_learning_rate": 1e-5,
+            "warmup_init": 1e-5,
+            "warmup_steps": 2_000,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 0.02,
+            "grad_clip_norm": 5.0,
+        }
+    )
+    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0, "itm": 1.0, "mlm": 1.0})
+    c.itm = ml_collections.ConfigDict({"mode": "sample"})
+    c.mlm = ml_collections.ConfigDict({"mask_prob": 0.15})
+    c.mesh = (("data", -1),)
+    c.sharding_rules = ()  # empty: vlp_jax.sharding.DEFAULT_RULES (data parallel)
+    c.eval = ml_collections.ConfigDict(
+        {"split": "test", "batch_size": 200, "num_examples": 1_000, "itm_rerank_k": 0}
+    )
+    c.tensorboard = True
+    return c
+
+
+def _accepted(key: str, value: Any, accepted: tuple) -> None:
+    if value not in accepted:
+        raise ValueError(f"config.{key}={value!r} is not accepted; use one of {list(accepted)}")
+
+
+def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"config.{key}={value!r} must be a positive number")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key and what it accepts."""
+    _accepted("model.kind", config.model.kind, MODEL_KINDS)
+    _accepted("model.dtype", config.model.dtype, DTYPES)
+    _accepted("itm.mode", config.itm.mode, ITM_MODES)
+    _accepted("data.name", config.data.name, DATASETS)
+    _positive(
+        config,
+        "batch_size",
+        "total_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "optimizer.learning_rate",
+        "data.max_len",
+    )
+    if not 0.0 < config.mlm.mask_prob < 1.0:
+        raise ValueError(f"config.mlm.mask_prob={config.mlm.mask_prob} must be in (0, 1)")
+    usable = OBJECTIVES[config.model.kind]
+    weights: Mapping[str, float] = config.loss_weights
+    for name, weight in weights.items():
+        if name not in usable and weight:
+            raise ValueError(
+                f"config.loss_weights.{name}={weight} but model.kind={config.model.kind!r} "
+                f"has no such objective; its objectives are {list(usable)}"
+            )
+        if weight < 0:
+            raise ValueError(f"config.loss_weights.{name}={weight} must be >= 0")
+    if not any(weights.get(name, 0.0) for name in usable):
+        raise ValueError(f"config.loss_weights: every objective of {list(usable)} is switched off")
+    if config.data.max_len > config.model.text.max_len:
+        raise ValueError(
+            f"config.data.max_len={config.data.max_len} exceeds the model's position table "
+            f"config.model.text.max_len={config.model.text.max_len}"
+        )
+    if config.data.image_size != config.model.image.image_size:
+        raise ValueError(
+            f"config.data.image_size={config.data.image_size} differs from "
+            f"config.model.image.image_size={config.model.image.image_size}"
+        )

@@ -1,0 +1,150 @@
+"""Grain input pipeline: source → seeded shuffle → per-process shard → augment → batch → tokenise.
+
+The dataset is a `grain.MapDataset` up to the batch, so every element (a local batch) is a pure
+function of (seed, step, process): the iterator state is one integer, saved with each checkpoint.
+Each process reads the rows `p::P` of the shuffled stream, so the P local batches of one step
+together form the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vlp_jax.data import shapes
+from vlp_jax.data.tokenizer import Tokenizer
+
+# CLIP's normalisation, as ALBEF uses.
+MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255.0
+STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255.0
+
+
+def make_source(data: ml_collections.ConfigDict, split: str, num_examples: int | None = None):
+    """The random-access source named by `config.data.name` for one split."""
+    if data.name == "shapes":
+        return shapes.ShapesSource(
+            split, num_examples=num_examples, image_size=int(data.source_image_size)
+        )
+    raise ValueError(f"config.data.name={data.name!r} is not accepted; use one of ['shapes']")
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) - MEAN) / STD
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+def random_resized_crop(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """Inception-style crop of a random area fraction and aspect ratio, resized to `size`."""
+    h, w = image.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw = int(round(np.sqrt(area * aspect)))
+        ch = int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            crop = image[top : top + ch, left : left + cw]
+            return np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+    return resize(image, size)
+
+
+class TrainAugment(grain.transforms.RandomMap):
+    """Random resized crop and a horizontal flip that also swaps "left"/"right" in the caption."""
+
+    def __init__(self, image_size: int, crop_scale: tuple[float, float], hflip_prob: float):
+        self.image_size = image_size
+        self.crop_scale = tuple(crop_scale)
+        self.hflip_prob = hflip_prob
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = random_resized_crop(element["image"], rng, self.image_size, self.crop_scale)
+        caption = element["caption"]
+        if rng.uniform() < self.hflip_prob:
+            image, caption = shapes.hflip(image, caption)[:2]
+        return {
+            "image": normalize(image),
+            "caption": caption,
+            "image_id": np.int32(element["image_id"]),
+            "index": np.int32(element["index"]),
+        }
+
+
+class TokenizeBatch(grain.transforms.Map):
+    """Turns the batch's caption strings into fixed-length ids and masks (static shapes for jit)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int):
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+
+    def map(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        batch = dict(batch)
+        ids, mask = self.tokenizer.encode(list(batch.pop("caption")), self.max_len)
+        batch["input_ids"], batch["attention_mask"] = ids, mask
+        return batch
+
+
+def train_dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Infinite stream of this process's local batches (global batch / process count)."""
+    if config.batch_size % process_count:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must divide by the {process_count} processes"
+        )
+    data = config.data
+    source = make_source(data, "train", int(data.train_examples))
+    ds = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=config.seed)
+        .repeat(None)[process_index::process_count]
+        .random_map(TrainAugment(data.image_size, data.crop_scale, data.hflip_prob), seed=config.seed)
+        .batch(config.batch_size // process_count, drop_remainder=True)
+        .map(TokenizeBatch(tokenizer, int(data.max_len)))
+    )
+    read = grain.ReadOptions(
+        num_threads=int(data.read_threads), prefetch_buffer_size=int(data.prefetch_batches)
+    )
+    return ds.to_iter_dataset(read)
+
+
+def eval_arrays(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: str | None = None
+) -> dict[str, np.ndarray]:
+    """The whole evaluation split as numpy arrays: images resized (no augmentation), captions and
+    their hard-negative twins tokenised, image ids."""
+    split = split or config.eval.split
+    source = make_source(config.data, split, int(config.eval.num_examples))
+    n = min(len(source), int(config.eval.num_examples))
+    items = [source[i] for i in range(n)]
+    images = np.stack([normalize(resize(x["image"], config.data.image_size)) for x in items])
+    ids, mask = tokenizer.encode([x["caption"] for x in items], int(config.data.max_len))
+    neg_ids, neg_mask = tokenizer.encode([x["hard_negative"] for x in items], int(config.data.max_len))
+    return {
+        "image": images,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "neg_input_ids": neg_ids,
+        "neg_attention_mask": neg_mask,
+        "image_id": np.asarray([x["image_id"] for x in items], np.int64),
+        "hard_negative_kind": np.asarray([x["hard_negative_kind"] for x in items]),
+    }

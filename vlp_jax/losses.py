@@ -1,0 +1,226 @@
+"""Pre-training objectives as pure functions of arrays.
+
+Global-batch objectives (`itc`, `itm_negatives`) are written once, for one shard of rows meeting the
+all-gathered columns of every shard. Called under a mesh whose batch axes hold more than one device
+(`jax.set_mesh`), they run in `jax.shard_map` with `lax.all_gather`; called without one they see the
+whole batch as a single shard. Either way the value and gradients are those of the global formula,
+while a device only holds a (local x global) similarity block, never (global x global).
+
+ITC (ALBEF / CLIP InfoNCE), with s = image_emb @ text_emb.T / temperature over the global batch G:
+
+    L_itc = 1/2 * [ -1/G sum_i log softmax_j(s_ij)[i]  -1/G sum_j log softmax_i(s_ij)[j] ]
+
+ITM hard negatives (ALBEF): for image i a negative text j ~ softmax_j(s_ij) over j whose image id
+differs from i's (`mode="sample"`), or its argmax (`mode="argmax"`, GRIT-VLP); symmetrically for
+texts. MLM: BERT's 80/10/10 corruption of a Bernoulli(p) subset of real, non-special tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from vlp_jax.sharding import active_batch_axes
+
+AxisName = tuple[str, ...] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a (local rows x gathered columns) computation on whatever mesh is active.
+
+
+def _gather(x: jax.Array, axis: AxisName) -> jax.Array:
+    return x if axis is None else lax.all_gather(x, axis, tiled=True)
+
+
+def _row_offset(num_local_rows: int, axis: AxisName) -> jax.Array:
+    return jnp.asarray(0) if axis is None else lax.axis_index(axis) * num_local_rows
+
+
+def _psum(x: jax.Array, axis: AxisName) -> jax.Array:
+    return x if axis is None else lax.psum(x, axis)
+
+
+def on_batch_shards(
+    local_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
+    batched: Sequence[jax.Array],
+    replicated: Sequence[jax.Array] = (),
+    *,
+    out_batched: tuple[bool, ...] = (False,),
+):
+    """Calls `local_fn(*batched, *replicated, axis=...)` once per batch shard of the active mesh.
+
+    `batched` arrays are split along dim 0 over the mesh's batch axes, `replicated` ones are
+    whole on every shard. `out_batched[k]` says whether output k is per-row (concatenated back
+    along dim 0) or a scalar reduced inside `local_fn` with `psum` (replicated).
+    """
+    axes = active_batch_axes()
+    if axes is None:
+        return local_fn(*batched, *replicated, axis=None)
+    spec = P(axes)
+    out_specs = tuple(spec if b else P() for b in out_batched)
+    single = len(out_batched) == 1
+
+    def body(*args):
+        out = local_fn(*args, axis=axes)
+        return (out,) if single else out
+
+    mapped = jax.shard_map(
+        body,
+        in_specs=tuple([spec] * len(batched) + [P()] * len(replicated)),
+        out_specs=out_specs,
+    )
+    out = mapped(*batched, *replicated)
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-text contrastive loss.
+
+
+def _itc_local(image_emb, text_emb, temperature, *, axis: AxisName) -> jax.Array:
+    local = image_emb.shape[0]
+    all_text = _gather(text_emb, axis)
+    all_image = _gather(image_emb, axis)
+    labels = _row_offset(local, axis) + jnp.arange(local)
+    i2t = image_emb @ all_text.T / temperature
+    t2i = text_emb @ all_image.T / temperature
+    ce_sum = (
+        optax.softmax_cross_entropy_with_integer_labels(i2t, labels).sum()
+        + optax.softmax_cross_entropy_with_integer_labels(t2i, labels).sum()
+    )
+    return _psum(ce_sum, axis) / (2 * all_text.shape[0])
+
+
+def itc(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Symmetric InfoNCE over the global batch; inputs are L2-normalised [G, E] embeddings."""
+    temperature = jnp.asarray(temperature, jnp.float32)
+    return on_batch_shards(_itc_local, (image_emb, text_emb), (temperature,))
+
+
+# ---------------------------------------------------------------------------------------------
+# ITM hard-negative mining.
+
+
+def _pick_negatives(key_rows, logits, allowed, mode: str) -> tuple[jax.Array, jax.Array]:
+    """One column per row from softmax(logits) restricted to `allowed` (or its argmax)."""
+    masked = jnp.where(allowed, logits, -jnp.inf)
+    if mode == "argmax":
+        picked = jnp.argmax(masked, axis=-1)
+    else:
+        picked = jax.vmap(jax.random.categorical)(key_rows, masked)
+    return picked, allowed.any(axis=-1)
+
+
+def _itm_negatives_local(
+    image_emb, text_emb, image_ids, key_data, temperature, *, axis: AxisName, mode: str
+):
+    local = image_emb.shape[0]
+    all_text = _gather(text_emb, axis)
+    all_image = _gather(image_emb, axis)
+    all_ids = _gather(image_ids, axis)
+    rows = _row_offset(local, axis) + jnp.arange(local)
+    allowed = image_ids[:, None] != all_ids[None, :]
+    # A per-row key folded from the global row index makes the draw independent of the mesh.
+    base = jax.random.wrap_key_data(key_data)
+    keys_i2t = jax.vmap(lambda r: jax.random.fold_in(base, 2 * r))(rows)
+    keys_t2i = jax.vmap(lambda r: jax.random.fold_in(base, 2 * r + 1))(rows)
+    neg_text, ok_t = _pick_negatives(keys_i2t, image_emb @ all_text.T / temperature, allowed, mode)
+    neg_image, ok_i = _pick_negatives(keys_t2i, text_emb @ all_image.T / temperature, allowed, mode)
+    # A row whose every column shares its image id has no true negative: take the next column
+    # rather than an index drawn from an all -inf distribution.
+    fallback = (rows + 1) % all_ids.shape[0]
+    neg_text = jnp.where(ok_t, neg_text, fallback).astype(jnp.int32)
+    neg_image = jnp.where(ok_i, neg_image, fallback).astype(jnp.int32)
+    return neg_text, neg_image
+
+
+def itm_negatives(
+    rng: jax.Array,
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    image_ids: jax.Array,
+    temperature: jax.Array,
+    *,
+    mode: Literal["sample", "argmax"] = "sample",
+) -> tuple[jax.Array, jax.Array]:
+    """Global indices of a hard negative text per image and a hard negative image per text.
+
+    Candidates are every pair of the global batch whose image id differs from the anchor's (so the
+    positive and same-image duplicates are never picked). Weights are softmax(s / temperature) of
+    the ITC similarities under stop-gradient. Returns (neg_text_idx, neg_image_idx), each [G].
+    """
+    if mode not in ("sample", "argmax"):
+        raise ValueError(f"itm mode must be 'sample' or 'argmax', got {mode!r}")
+    key_data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    temperature = lax.stop_gradient(jnp.asarray(temperature, jnp.float32))
+    local = functools.partial(_itm_negatives_local, mode=mode)
+    return on_batch_shards(
+        local,
+        (lax.stop_gradient(image_emb), lax.stop_gradient(text_emb), image_ids),
+        (key_data, temperature),
+        out_batched=(True, True),
+    )
+
+
+def itm_loss(pos_logits: jax.Array, neg_logits: jax.Array) -> jax.Array:
+    """2-way cross-entropy over G positives (label 1) and 2G negatives (label 0)."""
+    logits = jnp.concatenate([pos_logits, neg_logits]).astype(jnp.float32)
+    labels = jnp.concatenate(
+        [jnp.ones(pos_logits.shape[0], jnp.int32), jnp.zeros(neg_logits.shape[0], jnp.int32)]
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def itm_accuracy(pos_logits: jax.Array, neg_logits: jax.Array) -> jax.Array:
+    correct = jnp.concatenate([pos_logits.argmax(-1) == 1, neg_logits.argmax(-1) == 0])
+    return correct.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked language modelling.
+
+
+def mask_tokens(
+    rng: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    mask_prob: float,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int],
+) -> tuple[jax.Array, jax.Array]:
+    """BERT corruption: returns (corrupted ids, float weights marking the positions to predict).
+
+    Each real, non-special token is selected with probability `mask_prob`; a selected token becomes
+    [MASK] with probability 0.8, a uniformly random id with 0.1, and stays unchanged with 0.1.
+    Padding, [CLS], [SEP] and other special tokens are never selected.
+    """
+    k_select, k_replace, k_random, k_ids = jax.random.split(rng, 4)
+    special = jnp.isin(input_ids, jnp.asarray(list(special_ids), input_ids.dtype))
+    candidate = (attention_mask > 0) & ~special
+    selected = jax.random.bernoulli(k_select, mask_prob, input_ids.shape) & candidate
+    to_mask = selected & jax.random.bernoulli(k_replace, 0.8, input_ids.shape)
+    to_random = selected & ~to_mask & jax.random.bernoulli(k_random, 0.5, input_ids.shape)
+    random_ids = jax.random.randint(k_ids, input_ids.shape, 0, vocab_size, input_ids.dtype)
+    corrupted = jnp.where(to_mask, mask_id, jnp.where(to_random, random_ids, input_ids))
+    return corrupted, selected.astype(jnp.float32)
+
+
+def mlm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the selected positions of the whole (global) batch."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return (ce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def mlm_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    correct = (logits.argmax(-1) == labels).astype(jnp.float32)
+    return (correct * weights).sum() / jnp.maximum(weights.sum(), 1.0)

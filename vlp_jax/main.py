@@ -1,0 +1,61 @@
+"""Entry point: `python -m vlp_jax.main --config configs/<recipe>.py[:arg] --workdir DIR`.
+
+Any config field can be overridden with `--config.<key>=<value>`. The same command runs on one CPU
+or as one of many processes: it joins the others through `jax.distributed.initialize()` when the
+environment says it is one of several (SLURM, Cloud TPU pods, or the JAX_* variables that
+`launch/local.sh` sets).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def is_multiprocess_launch() -> bool:
+    """True when this process is one of several of a job."""
+    env = os.environ
+    if int(env.get("JAX_NUM_PROCESSES", "1")) > 1:
+        return True
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def initialize_distributed() -> None:
+    if jax.distributed.is_initialized() or not is_multiprocess_launch():
+        return
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    else:  # SLURM and Cloud TPU describe the cluster themselves
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    initialize_distributed()
+    # Imported after distributed initialisation: importing the trainer touches no device, but
+    # keeping it here makes that ordering obvious.
+    from vlp_jax import evaluate, train
+
+    metrics = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    if jax.process_index() == 0:
+        logging.info("final evaluation: %s", metrics)
+        print(evaluate.format_table(metrics))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""Pre-training objectives assembled per model kind: pure (params, batch, rng) → (loss, metrics).
+
+ALBEF (Li et al., 2021):  L = w_itc·L_itc + w_itm·L_itm + w_mlm·L_mlm
+  - L_itc on the global batch (`losses.itc`),
+  - L_itm on G positives and 2G hard negatives mined over the global batch (`losses.itm_negatives`),
+  - L_mlm on a second, corrupted text pass through text + fusion layers with the image tokens.
+CLIP-style dual encoder:  L = w_itc·L_itc.
+
+A weight of 0 removes the objective from the compiled step, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from vlp_jax import losses
+
+Batch = dict[str, jax.Array]
+Objective = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class TokenInfo(NamedTuple):
+    """What MLM corruption needs to know about the tokenizer."""
+
+    vocab_size: int
+    mask_id: int
+    special_ids: tuple[int, ...]
+
+
+def _weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    return {k: float(v) for k, v in config.loss_weights.items() if float(v) > 0}
+
+
+def _total(weights: dict[str, float], parts: dict[str, jax.Array]) -> jax.Array:
+    return sum(weights[k] * parts[k] for k in parts)
+
+
+def make_objective(model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo) -> Objective:
+    if config.model.kind == "albef":
+        return _albef_objective(model, config, tokens)
+    return _dual_encoder_objective(model, config)
+
+
+def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
+    weights = _weights(config)
+
+    def objective(params, batch, rng):
+        variables = {"params": params}
+        k_img, k_txt = jax.random.split(rng)
+        img = model.apply(
+            variables, batch["image"], train=True, method="encode_image", rngs={"dropout": k_img}
+        )
+        txt = model.apply(
+            variables,
+            batch["input_ids"],
+            batch["attention_mask"],
+            train=True,
+            method="encode_text",
+            rngs={"dropout": k_txt},
+        )
+        v = model.apply(variables, img, method="embed_image")
+        t = model.apply(variables, txt, method="embed_text")
+        temperature = model.apply(variables, method="temperature")
+        parts = {"itc": losses.itc(v, t, temperature)}
+        metrics = {f"train/{k}": val for k, val in parts.items()}
+        metrics["train/temperature"] = temperature
+        return _total(weights, parts), metrics
+
+    return objective
+
+
+def _albef_objective(
+    model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
+) -> Objective:
+    weights = _weights(config)
+    itm_mode = config.itm.mode
+    mask_prob = float(config.mlm.mask_prob)
+
+    def objective(params, batch, rng):
+        variables = {"params": params}
+        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm = jax.random.split(rng, 6)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+
+        def apply(*args, method, key=None, **kwargs):
+            rngs = {"dropout": key} if key is not None else {}
+            return model.apply(variables, *args, method=method, rngs=rngs, **kwargs)
+
+        img = apply(batch["image"], train=True, method="encode_image", key=k_img)
+        txt = apply(ids, mask, train=True, method="encode_text", key=k_txt)
+        v = apply(img, method="embed_image")
+        t = apply(txt, method="embed_text")
+        temperature = apply(method="temperature")
+        parts: dict[str, jax.Array] = {}
+        metrics: dict[str, jax.Array] = {"train/temperature": temperature}
+
+        if "itc" in weights:
+            parts["itc"] = losses.itc(v, t, temperature)
+
+        if "itm" in weights:
+            neg_text, neg_image = losses.itm_negatives(
+                k_itm, v, t, batch["image_id"], temperature, mode=itm_mode
+            )
+            # Pairs: (text b, image b) positive; (text b, image neg_image[b]) and
+            # (text neg_text[b], image b) negative: one fusion pass over 3G pairs.
+            texts = jnp.concatenate([txt, txt, txt[neg_text]])
+            masks = jnp.concatenate([mask, mask, mask[neg_text]])
+            images = jnp.concatenate([img, img[neg_image], img])
+            fused = apply(texts, masks, images, train=True, method="fuse", key=k_fuse)
+            logits = apply(fused, method="itm_logits")
+            g = ids.shape[0]
+            parts["itm"] = losses.itm_loss(logits[:g], logits[g:])
+            metrics["train/itm_acc"] = losses.itm_accuracy(logits[:g], logits[g:])
+
+        if "mlm" in weights:
+            corrupted, selected = losses.mask_tokens(
+                k_mask,
+                ids,
+                mask,
+                mask_prob=mask_prob,
+                mask_id=tokens.mask_id,
+                vocab_size=tokens.vocab_size,
+                special_ids=tokens.special_ids,
+            )
+            logits = apply(corrupted, mask, img, train=True, method="mlm_logits", key=k_mlm)
+            parts["mlm"] = losses.mlm_loss(logits, ids, selected)
+            metrics["train/mlm_acc"] = losses.mlm_accuracy(logits, ids, selected)
+
+        metrics.update({f"train/{k}": val for k, val in parts.items()})
+        return _total(weights, parts), metrics
+
+    return objective

@@ -1,0 +1,48 @@
+"""AdamW with linear warm-up, cosine decay, a weight-decay mask and global-norm clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from `warmup_init` to `learning_rate`, then cosine decay to `min_learning_rate`
+    at `total_steps` (ALBEF: 1e-5 → 1e-4 → 1e-5)."""
+    warmup = int(opt.warmup_steps)
+    decay_steps = max(int(total_steps) - warmup, 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=float(opt.warmup_init),
+        peak_value=float(opt.learning_rate),
+        warmup_steps=warmup,
+        decay_steps=warmup + decay_steps,
+        end_value=float(opt.min_learning_rate),
+    )
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """Decay matrices and higher-rank tensors only: biases, LayerNorm scales and scalars are exempt."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(opt, total_steps)
+    parts = []
+    if opt.grad_clip_norm and opt.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=float(opt.b1),
+            b2=float(opt.b2),
+            eps=float(opt.eps),
+            weight_decay=float(opt.weight_decay),
+            mask=weight_decay_mask,
+        )
+    )
+    return optax.chain(*parts), schedule

@@ -1,0 +1,239 @@
+"""The one trainer every recipe runs: config in, checkpoints, metrics and evaluations out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+
+from vlp_jax import checkpoint, config_lib, evaluate, objectives, optim, sharding
+from vlp_jax.data import pipeline
+from vlp_jax.data.tokenizer import Tokenizer, load_tokenizer
+from vlp_jax.metrics import MetricWriter, Progress
+from vlp_jax.models import build_model
+
+State = dict[str, Any]
+
+
+def token_info(tokenizer: Tokenizer) -> objectives.TokenInfo:
+    return objectives.TokenInfo(
+        vocab_size=tokenizer.vocab_size,
+        mask_id=tokenizer.mask_id,
+        special_ids=tuple(tokenizer.special_ids),
+    )
+
+
+def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.Array, ...]:
+    size = config.data.image_size
+    images = jnp.zeros((batch, size, size, 3), jnp.float32)
+    ids = jnp.zeros((batch, config.data.max_len), jnp.int32)
+    return images, ids, jnp.ones_like(ids)
+
+
+def init_state_fn(model: nn.Module, tx: optax.GradientTransformation, config) -> Any:
+    """A function rng → train state whose parameters are still boxed with logical axis names."""
+
+    def init(rng: jax.Array) -> State:
+        k_params, k_dropout = jax.random.split(rng)
+        variables = model.init({"params": k_params, "dropout": k_dropout}, *dummy_inputs(config))
+        params = variables["params"]
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
+            "params": params,
+            "opt_state": tx.init(params),
+        }
+
+    return init
+
+
+def create_state(
+    model: nn.Module, tx: optax.GradientTransformation, config, mesh, rules
+) -> tuple[State, Any]:
+    """Initialises the state directly in its shardings; returns (state, state shardings)."""
+    init = init_state_fn(model, tx, config)
+    rng = jax.random.key(config.seed)
+    with jax.set_mesh(mesh):
+        abstract = jax.eval_shape(init, rng)
+        shardings = sharding.logical_shardings(abstract, mesh, rules)
+        state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def make_train_step(objective: objectives.Objective, tx, schedule, state_shardings, mesh):
+    """The jitted step: (state, global batch) → (state, metrics); the state buffer is donated."""
+
+    def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {
+            **metrics,
+            "train/loss": loss,
+            "train/lr": schedule(state["step"]),
+            "train/grad_norm": optax.global_norm(grads),
+        }
+        new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return new_state, metrics
+
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def check_workdir(workdir: str, min_free_mb: int = 64) -> None:
+    """Fails before any training if the workdir can't be written or its disk is (nearly) full."""
+    if "://" in workdir:
+        return  # remote storage (gs://): Orbax and TensorBoard check it themselves
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise RuntimeError(f"workdir {workdir!r} is not writable: {e}") from e
+    free_mb = shutil.disk_usage(workdir).free / 2**20
+    if free_mb < min_free_mb:
+        raise RuntimeError(
+            f"workdir {workdir!r} has {free_mb:.0f} MiB free; at least {min_free_mb} MiB needed"
+        )
+
+
+def first_nonfinite(history: list[tuple[int, dict[str, float]]]) -> str | None:
+    """A message naming the first step and objective whose value is NaN or inf, if any."""
+    for step, metrics in history:
+        bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+        if bad:
+            parts = [k for k in bad if k != "train/loss"] or bad
+            return (
+                f"non-finite loss at step {step}: {', '.join(sorted(parts))} = "
+                f"{[metrics[k] for k in sorted(parts)]}; the run stops and the last checkpoint "
+                "(before this step) is kept"
+            )
+    return None
+
+
+def _mean_metrics(history: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    keys = history[-1][1].keys()
+    return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final
+    evaluation metrics."""
+    config_lib.validate(config)
+    check_workdir(workdir)
+    is_main = jax.process_index() == 0
+    logging.info(
+        "process %d of %d holding %d of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+    # --- Mesh, tokenizer, model, optimiser, state ------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.rules_from_config(config.sharding_rules)
+    sharding.batch_size_per_shard(config.batch_size, mesh)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    if tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ValueError(
+            f"config.model.text.vocab_size={config.model.text.vocab_size} is smaller than the "
+            f"tokenizer's vocabulary ({tokenizer.vocab_size}) from data.tokenizer="
+            f"{config.data.tokenizer!r}"
+        )
+    model = build_model(config.model)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+    state, state_shardings = create_state(model, tx, config, mesh, rules)
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    logging.info("model %s: %.2fM parameters", config.model.kind, n_params / 1e6)
+
+    objective = objectives.make_objective(model, config, token_info(tokenizer))
+    train_step = make_train_step(objective, tx, schedule, state_shardings, mesh)
+
+    # --- Data and checkpoints ----------------------------------------------------------------
+    data = pipeline.train_dataset(
+        config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    data_iter = iter(data)
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+    )
+    restored = ckpt.restore(checkpoint.abstract_like(state), data_iter)
+    if restored is not None:
+        state = restored
+        logging.info("resumed from step %d", int(state["step"]))
+    start_step = int(jax.device_get(state["step"]))
+
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+    progress = Progress(config.total_steps, enabled=is_main)
+    evaluator = evaluate.Evaluator(model, config, tokenizer, mesh)
+
+    # --- Loop --------------------------------------------------------------------------------
+    history: list[tuple[int, Any]] = []
+    final: dict[str, float] = {}
+    t_log, pairs_since_log = time.perf_counter(), 0
+    step = start_step
+    with jax.set_mesh(mesh):
+        while step < config.total_steps:
+            batch = sharding.to_global(next(data_iter), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            pairs_since_log += config.batch_size
+            history.append((step, metrics))
+
+            log_now = step % config.log_every_steps == 0 or step == config.total_steps
+            ckpt_now = ckpt.due(step) or step == config.total_steps
+            eval_now = step % config.eval_every_steps == 0 or step == config.total_steps
+            if not (log_now or ckpt_now or eval_now):
+                continue
+            # Every step since the last check is inspected before a checkpoint can be written,
+            # so a NaN never reaches disk.
+            fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in history]
+            history = []
+            message = first_nonfinite(fetched)
+            if message:
+                progress.newline()
+                ckpt.close()
+                writer.close()
+                raise FloatingPointError(message)
+            if log_now:
+                elapsed = time.perf_counter() - t_log
+                row = _mean_metrics(fetched)
+                row["perf/pairs_per_sec"] = pairs_since_log / elapsed
+                row["perf/pairs_per_sec_per_device"] = row["perf/pairs_per_sec"] / jax.device_count()
+                writer.write(step, row)
+                progress.update(step, row["train/loss"], row["perf/pairs_per_sec"])
+                t_log, pairs_since_log = time.perf_counter(), 0
+            if ckpt_now:
+                ckpt.save(step, state, data_iter)
+            if eval_now:
+                final = evaluator.run(state["params"])
+                writer.write(step, final)
+                t_log = time.perf_counter()  # evaluation time is not training throughput
+    progress.newline()
+    ckpt.close()
+    if not final:  # resumed at the end: evaluate the restored state
+        with jax.set_mesh(mesh):
+            final = evaluator.run(state["params"])
+    writer.close()
+    return final
+
