@@ -41,7 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_examples = 2_000
     c.data.read_threads = 1
     c.model = config_lib.model_config(
-        "albef", image_size=32, image_variant="mu", text_size="mu", vocab_size=128, max_len=24,
+        "albef",
+        image_size=32,
+        image_variant="mu",
+        text_size="mu",
+        vocab_size=128,
+        max_len=24,
         embed_dim=32,
     )
     c.optimizer.warmup_steps = 2

@@ -42,8 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_len = 24
         c.data.crop_scale = (0.8, 1.0)
         c.model = config_lib.model_config(
-            "dual_encoder", image_size=32, image_variant="", text_size="demo", vocab_size=128,
-            max_len=24, embed_dim=64,
+            "dual_encoder",
+            image_size=32,
+            image_variant="",
+            text_size="demo",
+            vocab_size=128,
+            max_len=24,
+            embed_dim=64,
         )
         c.model.image.update(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
         c.model.text.update(mlp_dim=256, dropout=0.0)
@@ -61,8 +66,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_examples = 2_000
     c.data.read_threads = 1
     c.model = config_lib.model_config(
-        "dual_encoder", image_size=32, image_variant="mu", text_size="mu", vocab_size=128,
-        max_len=24, embed_dim=32,
+        "dual_encoder",
+        image_size=32,
+        image_variant="mu",
+        text_size="mu",
+        vocab_size=128,
+        max_len=24,
+        embed_dim=32,
     )
     c.optimizer.warmup_steps = 2
     c.eval.num_examples = 64

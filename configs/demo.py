@@ -27,7 +27,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.read_threads = 2
 
     c.model = config_lib.model_config(
-        "albef", image_size=32, image_variant="", text_size="demo", vocab_size=128, max_len=24,
+        "albef",
+        image_size=32,
+        image_variant="",
+        text_size="demo",
+        vocab_size=128,
+        max_len=24,
         embed_dim=64,
     )
     c.model.image.update(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0)

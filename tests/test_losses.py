@@ -128,7 +128,9 @@ def test_itm_loss_and_mlm_loss_match_numpy():
     logits = np.concatenate([pos, neg])
     labels = np.array([1] * 4 + [0] * 8)
     expected = -np.mean(_log_softmax(logits, 1)[np.arange(12), labels])
-    np.testing.assert_allclose(losses.itm_loss(jnp.asarray(pos), jnp.asarray(neg)), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.itm_loss(jnp.asarray(pos), jnp.asarray(neg)), expected, rtol=1e-5
+    )
 
     lg = rng.normal(size=(2, 5, 7)).astype(np.float32)
     lab = rng.integers(0, 7, size=(2, 5))
@@ -148,8 +150,13 @@ def test_mask_tokens_statistics_and_exclusions():
     ids[np.arange(n), lengths - 1] = sep
     ids[attn == 0] = pad
     corrupted, selected = losses.mask_tokens(
-        jax.random.key(0), jnp.asarray(ids), jnp.asarray(attn), mask_prob=0.5, mask_id=mask_id,
-        vocab_size=vocab, special_ids=(pad, 1, cls, sep, mask_id),
+        jax.random.key(0),
+        jnp.asarray(ids),
+        jnp.asarray(attn),
+        mask_prob=0.5,
+        mask_id=mask_id,
+        vocab_size=vocab,
+        special_ids=(pad, 1, cls, sep, mask_id),
     )
     corrupted, selected = np.asarray(corrupted), np.asarray(selected).astype(bool)
     special = (ids == cls) | (ids == sep) | (attn == 0)

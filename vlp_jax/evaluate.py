@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-
 from ml_collections import config_flags
 
 from vlp_jax import checkpoint, config_lib, optim, sharding
@@ -54,9 +53,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 class Evaluator:
     """Evaluation on `config.eval.split`; data is prepared once, jitted functions are cached."""
 
-    def __init__(
-        self, model, config: ml_collections.ConfigDict, tokenizer: Tokenizer, mesh: Mesh
-    ):
+    def __init__(self, model, config: ml_collections.ConfigDict, tokenizer: Tokenizer, mesh: Mesh):
         self.model = model
         self.config = config
         self.mesh = mesh
@@ -113,7 +110,9 @@ class Evaluator:
         d, fns = self.data, self._fns
         run = self._batched
         img_tokens, v = run(functools.partial(fns["images"], params), d["image"])
-        txt_hidden, t = run(functools.partial(fns["texts"], params), d["input_ids"], d["attention_mask"])
+        txt_hidden, t = run(
+            functools.partial(fns["texts"], params), d["input_ids"], d["attention_mask"]
+        )
         neg_hidden, t_neg = run(
             functools.partial(fns["texts"], params), d["neg_input_ids"], d["neg_attention_mask"]
         )
@@ -148,8 +147,18 @@ class Evaluator:
 
         k = int(self.config.eval.itm_rerank_k)
         if k > 0:
-            metrics.update(self._rerank(scores, caps_of, text_to_image, img_tokens[first],
-                                        txt_hidden, d["attention_mask"], itm, k))
+            metrics.update(
+                self._rerank(
+                    scores,
+                    caps_of,
+                    text_to_image,
+                    img_tokens[first],
+                    txt_hidden,
+                    d["attention_mask"],
+                    itm,
+                    k,
+                )
+            )
         return metrics
 
     def _rerank(self, scores, caps_of, text_to_image, img_tokens, txt_hidden, mask, itm, k):

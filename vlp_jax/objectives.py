@@ -41,7 +41,9 @@ def _total(weights: dict[str, float], parts: dict[str, jax.Array]) -> jax.Array:
     return sum(weights[k] * parts[k] for k in parts)
 
 
-def make_objective(model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo) -> Objective:
+def make_objective(
+    model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
+) -> Objective:
     if config.model.kind == "albef":
         return _albef_objective(model, config, tokens)
     return _dual_encoder_objective(model, config)

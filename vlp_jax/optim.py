@@ -10,8 +10,8 @@ import optax
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from `warmup_init` to `learning_rate`, then cosine decay to `min_learning_rate`
-    at `total_steps` (ALBEF: 1e-5 → 1e-4 → 1e-5)."""
+    """Linear warm-up from `warmup_init` to `learning_rate`, then cosine decay to
+    `min_learning_rate` at `total_steps` (ALBEF: 1e-5 → 1e-4 → 1e-5)."""
     warmup = int(opt.warmup_steps)
     decay_steps = max(int(total_steps) - warmup, 1)
     return optax.warmup_cosine_decay_schedule(
@@ -24,7 +24,7 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """Decay matrices and higher-rank tensors only: biases, LayerNorm scales and scalars are exempt."""
+    """Decay matrices and higher-rank tensors only; biases, LayerNorm scales, scalars are exempt."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 

@@ -219,7 +219,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 elapsed = time.perf_counter() - t_log
                 row = _mean_metrics(fetched)
                 row["perf/pairs_per_sec"] = pairs_since_log / elapsed
-                row["perf/pairs_per_sec_per_device"] = row["perf/pairs_per_sec"] / jax.device_count()
+                row["perf/pairs_per_sec_per_device"] = (
+                    row["perf/pairs_per_sec"] / jax.device_count()
+                )
                 writer.write(step, row)
                 progress.update(step, row["train/loss"], row["perf/pairs_per_sec"])
                 t_log, pairs_since_log = time.perf_counter(), 0
@@ -236,4 +238,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             final = evaluator.run(state["params"])
     writer.close()
     return final
-

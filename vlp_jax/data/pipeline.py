@@ -117,7 +117,9 @@ def train_dataset(
         grain.MapDataset.source(source)
         .shuffle(seed=config.seed)
         .repeat(None)[process_index::process_count]
-        .random_map(TrainAugment(data.image_size, data.crop_scale, data.hflip_prob), seed=config.seed)
+        .random_map(
+            TrainAugment(data.image_size, data.crop_scale, data.hflip_prob), seed=config.seed
+        )
         .batch(config.batch_size // process_count, drop_remainder=True)
         .map(TokenizeBatch(tokenizer, int(data.max_len)))
     )
@@ -138,7 +140,9 @@ def eval_arrays(
     items = [source[i] for i in range(n)]
     images = np.stack([normalize(resize(x["image"], config.data.image_size)) for x in items])
     ids, mask = tokenizer.encode([x["caption"] for x in items], int(config.data.max_len))
-    neg_ids, neg_mask = tokenizer.encode([x["hard_negative"] for x in items], int(config.data.max_len))
+    neg_ids, neg_mask = tokenizer.encode(
+        [x["hard_negative"] for x in items], int(config.data.max_len)
+    )
     return {
         "image": images,
         "input_ids": ids,
