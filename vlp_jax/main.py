@@ -9,6 +9,7 @@ environment says it is one of several (SLURM, Cloud TPU pods, or the JAX_* varia
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -43,10 +44,25 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with a bad config override reported in one line naming the key."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+        override = next((a for a in argv[1:] if a.startswith("--config.")), None)
+        detail = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
+        where = f" in {override.split('=')[0]}" if override else ""
+        sys.stderr.write(f"error: bad command line{where}: {detail}\n")
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     initialize_distributed()
+    # Orbax and Grain log every save and read at INFO; keep the console to our progress line.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     # Imported after distributed initialisation: importing the trainer touches no device, but
     # keeping it here makes that ordering obvious.
     from vlp_jax import evaluate, train
@@ -58,4 +74,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

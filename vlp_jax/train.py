@@ -133,9 +133,16 @@ def _mean_metrics(history: list[tuple[int, dict[str, float]]]) -> dict[str, floa
     return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final
-    evaluation metrics."""
+    evaluation metrics.
+
+    `stop_at_step` ends this run early, after saving a checkpoint there, as a time-boxed job (or a
+    crash) would: running the same command again continues to `config.total_steps` exactly as an
+    uninterrupted run.
+    """
     config_lib.validate(config)
     check_workdir(workdir)
     is_main = jax.process_index() == 0
@@ -162,7 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
     state, state_shardings = create_state(model, tx, config, mesh, rules)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    logging.info("model %s: %.2fM parameters", config.model.kind, n_params / 1e6)
+    if is_main:
+        print(f"mesh {dict(mesh.shape)}; model {config.model.kind}: {n_params / 1e6:.2f}M params")
 
     objective = objectives.make_objective(model, config, token_info(tokenizer))
     train_step = make_train_step(objective, tx, schedule, state_shardings, mesh)
@@ -180,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored = ckpt.restore(checkpoint.abstract_like(state), data_iter)
     if restored is not None:
         state = restored
-        logging.info("resumed from step %d", int(state["step"]))
+        if is_main:
+            print(f"resumed from the checkpoint of step {int(state['step'])} in {workdir}")
     start_step = int(jax.device_get(state["step"]))
 
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
@@ -193,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
     with jax.set_mesh(mesh):
-        while step < config.total_steps:
+        end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
+        while step < end:
             batch = sharding.to_global(next(data_iter), mesh)
             state, metrics = train_step(state, batch)
             step += 1
@@ -201,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append((step, metrics))
 
             log_now = step % config.log_every_steps == 0 or step == config.total_steps
-            ckpt_now = ckpt.due(step) or step == config.total_steps
+            ckpt_now = ckpt.due(step) or step in (config.total_steps, end)
             eval_now = step % config.eval_every_steps == 0 or step == config.total_steps
             if not (log_now or ckpt_now or eval_now):
                 continue
@@ -233,6 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 t_log = time.perf_counter()  # evaluation time is not training throughput
     progress.newline()
     ckpt.close()
+    if end < config.total_steps:
+        writer.close()
+        return {}
     if not final:  # resumed at the end: evaluate the restored state
         with jax.set_mesh(mesh):
             final = evaluator.run(state["params"])

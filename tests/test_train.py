@@ -1,0 +1,115 @@
+"""End to end on 8 virtual CPU devices with the micro ALBEF config: train, evaluate, resume, NaN."""
+
+import importlib.util
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlp_jax import objectives, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_rows(workdir):
+    return {r["step"]: r for r in read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    config = load_config("albef", "tiny")
+    final = train.train_and_evaluate(config, workdir)
+    return workdir, final
+
+
+def test_albef_tiny_trains_and_evaluates_on_8_devices(uninterrupted):
+    workdir, final = uninterrupted
+    rows = train_rows(workdir)
+    assert sorted(rows) == [2, 4, 6]
+    for key in (
+        "train/loss",
+        "train/itc",
+        "train/itm",
+        "train/mlm",
+        "train/lr",
+        "perf/pairs_per_sec",
+    ):
+        assert np.isfinite(rows[6][key]), key
+    for key in (
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "hardneg_acc_itc",
+        "hardneg_acc_itm",
+        "itm_i2t_r1",
+    ):
+        assert 0.0 <= final[f"eval/{key}"] <= 100.0, key
+    evals = [r for r in read_metrics(workdir) if "eval/i2t_r1" in r]
+    assert [r["step"] for r in evals] == [6]
+    assert os.path.isdir(os.path.join(workdir, "tensorboard")) is False  # tiny config: off
+
+
+def test_killed_run_resumes_to_the_same_result(uninterrupted, tmp_path):
+    ref_dir, ref_final = uninterrupted
+    workdir = str(tmp_path)
+    config = load_config("albef", "tiny")
+    assert train.train_and_evaluate(config, workdir, stop_at_step=3) == {}
+    # The second run restores model, optimiser, step, RNG and the data iterator from step 3.
+    final = train.train_and_evaluate(config, workdir)
+    ref, got = train_rows(ref_dir), train_rows(workdir)
+    for step in (4, 6):
+        np.testing.assert_allclose(got[step]["train/loss"], ref[step]["train/loss"], rtol=1e-5)
+    for key, value in ref_final.items():
+        np.testing.assert_allclose(final[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    config = load_config("albef", "tiny")
+    train.train_and_evaluate(config, workdir, stop_at_step=3)
+
+    real = objectives.make_objective
+
+    def poisoned(model, cfg, tokens):
+        objective = real(model, cfg, tokens)
+
+        def fn(params, batch, rng):
+            loss, metrics = objective(params, batch, rng)
+            metrics["train/mlm"] = metrics["train/mlm"] * jnp.nan
+            return loss + metrics["train/mlm"], metrics
+
+        return fn
+
+    monkeypatch.setattr(objectives, "make_objective", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 4: train/mlm"):
+        train.train_and_evaluate(config, workdir)
+    ckpts = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert ckpts == [3]
+
+
+def test_clip_tiny_dual_encoder_trains(tmp_path):
+    config = load_config("clip", "tiny")
+    config.mesh = (("data", 4), ("fsdp", 2))
+    final = train.train_and_evaluate(config, str(tmp_path))
+    assert "eval/hardneg_acc_itm" not in final
+    assert 0.0 <= final["eval/i2t_r1"] <= 100.0
+    assert set(train_rows(str(tmp_path))[4]) >= {"train/itc", "train/loss"}
