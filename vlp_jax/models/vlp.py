@@ -1,0 +1,254 @@
+"""Vision-language models: ALBEF (ViT + BERT text/fusion towers) and a CLIP-style DualEncoder.
+
+Top-level parameter names: ``img``, ``txt``, ``fusion`` (ALBEF), ``img_proj``, ``txt_proj``,
+``itm_head`` (ALBEF), ``mlm_head`` (ALBEF), ``temperature``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlp_jax.models.bert import BertFusionEncoder, BertMLMHead, BertTextEncoder
+from vlp_jax.models.layers import Dtype, boxed, dense, l2_normalize
+from vlp_jax.models.vit import VIT_VARIANTS, ViT
+
+# ALBEF clamps its learnable temperature to this range before every pre-training forward.
+TEMPERATURE_MIN = 0.001
+TEMPERATURE_MAX = 0.5
+
+MODEL_KINDS = ("albef", "dual_encoder")
+DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class _TwoTowerBase(nn.Module):
+    """Methods shared by ALBEF and DualEncoder; subclasses declare ``img``, ``txt`` and sizes."""
+
+    def _setup_contrastive(self) -> None:
+        # Projections and the temperature run in float32: tiny, and they feed the ITC softmax.
+        kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+        self.img_proj = dense(self.embed_dim, ("embed", "proj"), **kw)
+        self.txt_proj = dense(self.embed_dim, ("embed", "proj"), **kw)
+        self.temperature_raw = self.param(
+            "temperature",
+            boxed(nn.initializers.constant(self.temperature_init), ()),
+            (),
+            jnp.float32,
+        )
+
+    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images [B, H, W, 3] float -> tokens [B, 1+N, Dv]."""
+        return self.img(images, train)
+
+    def encode_text(
+        self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False
+    ) -> jax.Array:
+        """input_ids, attention_mask [B, L] -> hidden [B, L, Dt] (embeddings + text layers)."""
+        return self.txt(input_ids, attention_mask, train)
+
+    def embed_image(self, image_tokens: jax.Array) -> jax.Array:
+        """CLS token -> L2-normalised float32 embedding [B, E]."""
+        return l2_normalize(self.img_proj(image_tokens[:, 0].astype(jnp.float32)))
+
+    def embed_text(self, text_hidden: jax.Array) -> jax.Array:
+        """CLS position -> L2-normalised float32 embedding [B, E]."""
+        return l2_normalize(self.txt_proj(text_hidden[:, 0].astype(jnp.float32)))
+
+    def temperature(self) -> jax.Array:
+        """The temperature clamped to [0.001, 0.5].
+
+        The value is clamped but the gradient passes straight through, as with ALBEF's in-place
+        clamp; the trainer may also clip the raw parameter after each update.
+        """
+        raw = self.temperature_raw
+        # Exactly the clamped value; the zero-valued term carries an identity gradient.
+        return jnp.clip(raw, TEMPERATURE_MIN, TEMPERATURE_MAX) + (raw - jax.lax.stop_gradient(raw))
+
+
+class ALBEF(_TwoTowerBase):
+    """ALBEF: ViT image tower, BERT text tower, BERT fusion tower with cross-attention.
+
+    Build with ``build_model``; the towers are passed in so their parameters are named after
+    these fields (``img``, ``txt``, ``fusion``).
+    """
+
+    img: ViT
+    txt: BertTextEncoder
+    fusion: BertFusionEncoder
+    embed_dim: int = 256
+    temperature_init: float = 0.07
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self._setup_contrastive()
+        self.itm_head = dense(
+            2, ("embed", "classes"), dtype=jnp.float32, param_dtype=self.param_dtype
+        )
+        self.mlm_head = BertMLMHead(
+            self.txt.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+
+    def fuse(
+        self,
+        text_hidden: jax.Array,
+        attention_mask: jax.Array,
+        image_tokens: jax.Array,
+        train: bool = False,
+    ) -> jax.Array:
+        """Fusion layers only: text states [B, L, Dt] + image tokens -> [B, L, Dt]."""
+        return self.fusion(text_hidden, attention_mask, image_tokens, train)
+
+    def itm_logits(self, fused_hidden: jax.Array) -> jax.Array:
+        """Fusion CLS -> float32 match/no-match logits [B, 2]."""
+        return self.itm_head(fused_hidden[:, 0].astype(jnp.float32))
+
+    def mlm_logits(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        image_tokens: jax.Array,
+        train: bool = False,
+    ) -> jax.Array:
+        """Full mode (text then fusion layers) -> float32 logits [B, L, V] (tied decoder)."""
+        text_hidden = self.encode_text(input_ids, attention_mask, train)
+        fused = self.fuse(text_hidden, attention_mask, image_tokens, train)
+        return self.mlm_head(fused, self.txt.word_table())
+
+    def __call__(
+        self,
+        images: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Runs every head once (used by ``init``)."""
+        image_tokens = self.encode_image(images, train)
+        text_hidden = self.encode_text(input_ids, attention_mask, train)
+        fused = self.fuse(text_hidden, attention_mask, image_tokens, train)
+        return {
+            "image_tokens": image_tokens,
+            "text_hidden": text_hidden,
+            "fused_hidden": fused,
+            "image_embed": self.embed_image(image_tokens),
+            "text_embed": self.embed_text(text_hidden),
+            "itm_logits": self.itm_logits(fused),
+            "mlm_logits": self.mlm_head(fused, self.txt.word_table()),
+            "temperature": self.temperature(),
+        }
+
+
+class DualEncoder(_TwoTowerBase):
+    """CLIP-style dual encoder: ViT + BERT text tower, no fusion."""
+
+    img: ViT
+    txt: BertTextEncoder
+    embed_dim: int = 256
+    temperature_init: float = 0.07
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self._setup_contrastive()
+
+    def __call__(
+        self,
+        images: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
+        """Runs both towers and projections (used by ``init``)."""
+        image_tokens = self.encode_image(images, train)
+        text_hidden = self.encode_text(input_ids, attention_mask, train)
+        return {
+            "image_tokens": image_tokens,
+            "text_hidden": text_hidden,
+            "image_embed": self.embed_image(image_tokens),
+            "text_embed": self.embed_text(text_hidden),
+            "temperature": self.temperature(),
+        }
+
+
+def _parse_dtype(name: str) -> Dtype:
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not one of {tuple(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_image_config(image: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The ViT sizes after applying ``model.image.variant`` (if set) over the explicit fields."""
+    sizes = {
+        "width": image.width,
+        "depth": image.depth,
+        "num_heads": image.num_heads,
+        "mlp_ratio": image.mlp_ratio,
+        "patch_size": image.patch_size,
+    }
+    variant = image.get("variant", "") or ""
+    if variant:
+        if variant not in VIT_VARIANTS:
+            raise ValueError(
+                f"model.image.variant={variant!r} is not one of {('',) + tuple(VIT_VARIANTS)}"
+            )
+        sizes.update(VIT_VARIANTS[variant])
+    if image.image_size % sizes["patch_size"]:
+        raise ValueError(
+            f"model.image.image_size={image.image_size} is not a multiple of "
+            f"patch_size={sizes['patch_size']}"
+        )
+    return sizes
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """Build ALBEF or DualEncoder from the ``config.model`` sub-config."""
+    kind = config.kind
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model.kind={kind!r} is not one of {MODEL_KINDS}")
+    dtype = _parse_dtype(config.get("dtype", "float32"))
+
+    image = config.image
+    sizes = resolve_image_config(image)
+    img = ViT(
+        image_size=image.image_size,
+        dtype=dtype,
+        remat=bool(image.get("remat", False)),
+        dropout=float(image.get("dropout", 0.0)),
+        **sizes,
+    )
+
+    text = config.text
+    text_kw = dict(
+        width=text.width,
+        num_heads=text.num_heads,
+        mlp_dim=text.mlp_dim,
+        dropout=float(text.get("dropout", 0.0)),
+        remat=bool(text.get("remat", False)),
+        dtype=dtype,
+    )
+    common = dict(embed_dim=config.embed_dim, temperature_init=config.temperature_init, dtype=dtype)
+
+    if kind == "albef":
+        txt = BertTextEncoder(
+            vocab_size=text.vocab_size,
+            num_layers=text.text_layers,
+            max_len=text.max_len,
+            **text_kw,
+        )
+        fusion = BertFusionEncoder(
+            num_layers=text.fusion_layers, encoder_width=sizes["width"], **text_kw
+        )
+        return ALBEF(img=img, txt=txt, fusion=fusion, **common)
+
+    # A dual encoder has no fusion, so every BERT layer is a plain text layer.
+    txt = BertTextEncoder(
+        vocab_size=text.vocab_size,
+        num_layers=text.text_layers + text.fusion_layers,
+        max_len=text.max_len,
+        **text_kw,
+    )
+    return DualEncoder(img=img, txt=txt, **common)
