@@ -31,27 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return c
     if args.size != "tiny":
         raise ValueError(f"configs/albef.py: size={args.size!r}; accepted: ['base', 'tiny']")
-    c.batch_size = 16
-    c.total_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 3
-    c.data.image_size = 32
-    c.data.max_len = 24
-    c.data.train_examples = 2_000
-    c.data.read_threads = 1
-    c.model = config_lib.model_config(
-        "albef",
-        image_size=32,
-        image_variant="mu",
-        text_size="mu",
-        vocab_size=128,
-        max_len=24,
-        embed_dim=32,
-    )
-    c.optimizer.warmup_steps = 2
-    c.eval.num_examples = 64
-    c.eval.batch_size = 32
+    config_lib.use_tiny_run(c, "albef", steps=6)
     c.eval.itm_rerank_k = 4
-    c.tensorboard = False
     return c

@@ -38,44 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.log_every_steps = 50
         c.eval_every_steps = 2_400
         c.checkpoint_every_steps = 500
-        c.data.image_size = 32
-        c.data.max_len = 24
-        c.data.crop_scale = (0.8, 1.0)
-        c.model = config_lib.model_config(
-            "dual_encoder",
-            image_size=32,
-            image_variant="",
-            text_size="demo",
-            vocab_size=128,
-            max_len=24,
-            embed_dim=64,
-        )
-        c.model.image.update(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
-        c.model.text.update(mlp_dim=256, dropout=0.0)
+        config_lib.use_demo_towers(c, "dual_encoder")
         c.optimizer.update(learning_rate=1e-3, warmup_steps=200)
         return c
     if args.size != "tiny":
         raise ValueError(f"configs/clip.py: size={args.size!r}; accepted: ['base', 'demo', 'tiny']")
-    c.batch_size = 16
-    c.total_steps = 4
-    c.log_every_steps = 2
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 2
-    c.data.image_size = 32
-    c.data.max_len = 24
-    c.data.train_examples = 2_000
-    c.data.read_threads = 1
-    c.model = config_lib.model_config(
-        "dual_encoder",
-        image_size=32,
-        image_variant="mu",
-        text_size="mu",
-        vocab_size=128,
-        max_len=24,
-        embed_dim=32,
-    )
-    c.optimizer.warmup_steps = 2
-    c.eval.num_examples = 64
-    c.eval.batch_size = 32
-    c.tensorboard = False
+    config_lib.use_tiny_run(c, "dual_encoder", steps=4)
     return c

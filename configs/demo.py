@@ -12,7 +12,7 @@ from vlp_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = config_lib.parse_arg(arg, steps=2400)
+    args = config_lib.parse_arg(arg, steps=1100)
     c = config_lib.base_config()
     c.batch_size = 64
     c.total_steps = args.steps
@@ -20,24 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = args.steps
     c.checkpoint_every_steps = 500
 
-    c.data.image_size = 32
-    c.data.source_image_size = 64
-    c.data.max_len = 24
-    c.data.crop_scale = (0.8, 1.0)
     c.data.read_threads = 2
-
-    c.model = config_lib.model_config(
-        "albef",
-        image_size=32,
-        image_variant="",
-        text_size="demo",
-        vocab_size=128,
-        max_len=24,
-        embed_dim=64,
-    )
-    c.model.image.update(patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
-    c.model.text.mlp_dim = 256
-    c.model.text.dropout = 0.0
+    config_lib.use_demo_towers(c, "albef")
 
     c.optimizer.learning_rate = 1e-3
     c.optimizer.min_learning_rate = 1e-5

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.test_train import ROOT, load_config
+from tests.helpers import ROOT, load_config
 from vlp_jax import config_lib
 
 

@@ -3,7 +3,7 @@ iterator state round-trips."""
 
 import numpy as np
 
-from tests.test_train import load_config
+from tests.helpers import load_config
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import load_tokenizer
 

@@ -1,33 +1,15 @@
 """End to end on 8 virtual CPU devices with the micro ALBEF config: train, evaluate, resume, NaN."""
 
-import importlib.util
-import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT, load_config, read_metrics, train_rows
 from vlp_jax import objectives, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str, arg: str | None = None):
-    path = os.path.join(ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_rows(workdir):
-    return {r["step"]: r for r in read_metrics(workdir) if "train/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +95,22 @@ def test_clip_tiny_dual_encoder_trains(tmp_path):
     assert "eval/hardneg_acc_itm" not in final
     assert 0.0 <= final["eval/i2t_r1"] <= 100.0
     assert set(train_rows(str(tmp_path))[4]) >= {"train/itc", "train/loss"}
+
+
+def test_standalone_evaluation_matches_the_loop(uninterrupted):
+    workdir, final = uninterrupted
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlp_jax.evaluate",
+        "--config",
+        "configs/albef.py:tiny",
+        "--workdir",
+        workdir,
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "step 6 of" in out.stdout
+    mean_r1 = (final["eval/i2t_r1"] + final["eval/t2i_r1"]) / 2
+    assert f"mean R@1 (i→t, t→i)            {mean_r1:.1f}" in out.stdout

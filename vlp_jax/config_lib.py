@@ -151,6 +151,50 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_demo_towers(c: ml_collections.ConfigDict, kind: str) -> None:
+    """The CPU-sized towers of `make demo` on `shapes` (32 px, 8 px patches, width 128)."""
+    c.data.image_size = 32
+    c.data.max_len = 24
+    c.data.crop_scale = (0.8, 1.0)
+    c.model = model_config(
+        kind,
+        image_size=32,
+        image_variant="",
+        text_size="demo",
+        vocab_size=128,
+        max_len=24,
+        embed_dim=64,
+    )
+    c.model.image.update(patch_size=8, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
+    c.model.text.update(mlp_dim=256, dropout=0.0)
+
+
+def use_tiny_run(c: ml_collections.ConfigDict, kind: str, *, steps: int) -> None:
+    """Micro towers and a few steps: every code path of a recipe in seconds, for tests."""
+    c.batch_size = 16
+    c.total_steps = steps
+    c.log_every_steps = 2
+    c.eval_every_steps = steps
+    c.checkpoint_every_steps = steps // 2
+    c.data.image_size = 32
+    c.data.max_len = 24
+    c.data.train_examples = 2_000
+    c.data.read_threads = 1
+    c.model = model_config(
+        kind,
+        image_size=32,
+        image_variant="mu",
+        text_size="mu",
+        vocab_size=128,
+        max_len=24,
+        embed_dim=32,
+    )
+    c.optimizer.warmup_steps = 2
+    c.eval.num_examples = 64
+    c.eval.batch_size = 32
+    c.tensorboard = False
+
+
 def _accepted(key: str, value: Any, accepted: tuple) -> None:
     if value not in accepted:
         raise ValueError(f"config.{key}={value!r} is not accepted; use one of {list(accepted)}")

@@ -78,6 +78,8 @@ def make_train_step(objective: objectives.Objective, tx, schedule, state_shardin
         (loss, metrics), grads = grad_fn(state["params"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        if "temperature" in params:  # ALBEF clamps τ in place, so it never drifts out of range
+            params = {**params, "temperature": jnp.clip(params["temperature"], 1e-3, 0.5)}
         metrics = {
             **metrics,
             "train/loss": loss,
