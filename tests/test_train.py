@@ -57,9 +57,9 @@ def test_killed_run_resumes_to_the_same_result(uninterrupted, tmp_path):
     assert train.train_and_evaluate(config, workdir, stop_at_step=3) == {}
     # The second run restores model, optimiser, step, RNG and the data iterator from step 3.
     final = train.train_and_evaluate(config, workdir)
+    # Logged rows average the steps since the previous log, so compare a window both runs share.
     ref, got = train_rows(ref_dir), train_rows(workdir)
-    for step in (4, 6):
-        np.testing.assert_allclose(got[step]["train/loss"], ref[step]["train/loss"], rtol=1e-5)
+    np.testing.assert_allclose(got[6]["train/loss"], ref[6]["train/loss"], rtol=1e-5)
     for key, value in ref_final.items():
         np.testing.assert_allclose(final[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
 

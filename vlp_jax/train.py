@@ -84,7 +84,7 @@ def make_train_step(objective: objectives.Objective, tx, schedule, state_shardin
             **metrics,
             "train/loss": loss,
             "train/lr": schedule(state["step"]),
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": optax.tree.norm(grads),
         }
         new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
         return new_state, metrics
@@ -121,7 +121,9 @@ def first_nonfinite(history: list[tuple[int, dict[str, float]]]) -> str | None:
     for step, metrics in history:
         bad = [k for k, v in metrics.items() if not np.isfinite(v)]
         if bad:
-            parts = [k for k in bad if k != "train/loss"] or bad
+            # Name the objective that broke, not the totals and norms it poisoned.
+            derived = ("train/loss", "train/grad_norm")
+            parts = [k for k in bad if k not in derived] or bad
             return (
                 f"non-finite loss at step {step}: {', '.join(sorted(parts))} = "
                 f"{[metrics[k] for k in sorted(parts)]}; the run stops and the last checkpoint "
@@ -199,7 +201,8 @@ def train_and_evaluate(
     evaluator = evaluate.Evaluator(model, config, tokenizer, mesh)
 
     # --- Loop --------------------------------------------------------------------------------
-    history: list[tuple[int, Any]] = []
+    history: list[tuple[int, Any]] = []  # device metrics not yet checked
+    since_log: list[tuple[int, dict[str, float]]] = []  # checked, not yet logged
     final: dict[str, float] = {}
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
@@ -221,6 +224,7 @@ def train_and_evaluate(
             # so a NaN never reaches disk.
             fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in history]
             history = []
+            since_log += fetched
             message = first_nonfinite(fetched)
             if message:
                 progress.newline()
@@ -229,14 +233,14 @@ def train_and_evaluate(
                 raise FloatingPointError(message)
             if log_now:
                 elapsed = time.perf_counter() - t_log
-                row = _mean_metrics(fetched)
+                row = _mean_metrics(since_log)
                 row["perf/pairs_per_sec"] = pairs_since_log / elapsed
                 row["perf/pairs_per_sec_per_device"] = (
                     row["perf/pairs_per_sec"] / jax.device_count()
                 )
                 writer.write(step, row)
                 progress.update(step, row["train/loss"], row["perf/pairs_per_sec"])
-                t_log, pairs_since_log = time.perf_counter(), 0
+                t_log, pairs_since_log, since_log = time.perf_counter(), 0, []
             if ckpt_now:
                 ckpt.save(step, state, data_iter)
             if eval_now:
