@@ -58,6 +58,19 @@ class _TwoTowerBase(nn.Module):
         """CLS position -> L2-normalised float32 embedding [B, E]."""
         return l2_normalize(self.txt_proj(text_hidden[:, 0].astype(jnp.float32)))
 
+    def _tower_outputs(
+        self, images: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, train: bool
+    ) -> dict[str, jax.Array]:
+        image_tokens = self.encode_image(images, train)
+        text_hidden = self.encode_text(input_ids, attention_mask, train)
+        return {
+            "image_tokens": image_tokens,
+            "text_hidden": text_hidden,
+            "image_embed": self.embed_image(image_tokens),
+            "text_embed": self.embed_text(text_hidden),
+            "temperature": self.temperature(),
+        }
+
     def temperature(self) -> jax.Array:
         """The temperature clamped to [0.001, 0.5].
 
@@ -127,19 +140,12 @@ class ALBEF(_TwoTowerBase):
         train: bool = False,
     ) -> dict[str, jax.Array]:
         """Runs every head once (used by ``init``)."""
-        image_tokens = self.encode_image(images, train)
-        text_hidden = self.encode_text(input_ids, attention_mask, train)
-        fused = self.fuse(text_hidden, attention_mask, image_tokens, train)
-        return {
-            "image_tokens": image_tokens,
-            "text_hidden": text_hidden,
-            "fused_hidden": fused,
-            "image_embed": self.embed_image(image_tokens),
-            "text_embed": self.embed_text(text_hidden),
-            "itm_logits": self.itm_logits(fused),
-            "mlm_logits": self.mlm_head(fused, self.txt.word_table()),
-            "temperature": self.temperature(),
-        }
+        out = self._tower_outputs(images, input_ids, attention_mask, train)
+        fused = self.fuse(out["text_hidden"], attention_mask, out["image_tokens"], train)
+        out["fused_hidden"] = fused
+        out["itm_logits"] = self.itm_logits(fused)
+        out["mlm_logits"] = self.mlm_head(fused, self.txt.word_table())
+        return out
 
 
 class DualEncoder(_TwoTowerBase):
@@ -163,15 +169,7 @@ class DualEncoder(_TwoTowerBase):
         train: bool = False,
     ) -> dict[str, jax.Array]:
         """Runs both towers and projections (used by ``init``)."""
-        image_tokens = self.encode_image(images, train)
-        text_hidden = self.encode_text(input_ids, attention_mask, train)
-        return {
-            "image_tokens": image_tokens,
-            "text_hidden": text_hidden,
-            "image_embed": self.embed_image(image_tokens),
-            "text_embed": self.embed_text(text_hidden),
-            "temperature": self.temperature(),
-        }
+        return self._tower_outputs(images, input_ids, attention_mask, train)
 
 
 def _parse_dtype(name: str) -> Dtype:
