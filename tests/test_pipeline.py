@@ -34,13 +34,14 @@ def test_batch_contents_and_shapes():
     assert abs(float(batch["image"].mean())) < 2.0
 
 
-def test_process_shards_partition_the_global_stream():
+def test_process_batches_concatenate_to_the_single_process_batch():
     config = load_config("albef", "tiny")
     whole = _batches(config, 2)
     parts = [_batches(config, 2, process_index=p, process_count=2) for p in range(2)]
     for step in range(2):
-        local = np.concatenate([parts[p][step]["index"] for p in range(2)])
-        assert sorted(local) == sorted(whole[step]["index"])
+        for key in whole[step]:
+            joined = np.concatenate([parts[p][step][key] for p in range(2)])
+            np.testing.assert_array_equal(joined, whole[step][key], err_msg=key)
 
 
 def test_iterator_state_restores_the_same_next_batch():

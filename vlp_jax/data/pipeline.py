@@ -2,8 +2,8 @@
 
 The dataset is a `grain.MapDataset` up to the batch, so every element (a local batch) is a pure
 function of (seed, step, process): the iterator state is one integer, saved with each checkpoint.
-Each process reads the rows `p::P` of the shuffled stream, so the P local batches of one step
-together form the global batch.
+Process p of P reads blocks p, p+P, ... of (global batch / P) consecutive examples of the
+shuffled stream, so the P local batches of one step, in process order, are the global batch.
 """
 
 from __future__ import annotations
@@ -113,14 +113,18 @@ def train_dataset(
         )
     data = config.data
     source = make_source(data, "train", int(data.train_examples))
+    local = config.batch_size // process_count
+    # Augmentation is seeded by the example's global position and process p takes blocks
+    # p, p+P, ... of `local` consecutive examples, so global batch k is the examples
+    # [k*G, (k+1)*G) in order, whatever the number of processes.
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=config.seed)
-        .repeat(None)[process_index::process_count]
+        .repeat(None)
         .random_map(
             TrainAugment(data.image_size, data.crop_scale, data.hflip_prob), seed=config.seed
         )
-        .batch(config.batch_size // process_count, drop_remainder=True)
+        .batch(local, drop_remainder=True)[process_index::process_count]
         .map(TokenizeBatch(tokenizer, int(data.max_len)))
     )
     read = grain.ReadOptions(
