@@ -32,3 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 200
     c.eval.itm_rerank_k = 16
     return c
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """`python launch/sweep.py --config configs/demo.py --root runs/sweep [--run | --slurm ...]`"""
+    del arg
+    return config_lib.product(
+        **{"optimizer.learning_rate": [5e-4, 1e-3], "mlm.mask_prob": [0.15, 0.3]}
+    )

@@ -1,5 +1,6 @@
 """End to end on 8 virtual CPU devices with the micro ALBEF config: train, evaluate, resume, NaN."""
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,31 @@ def test_standalone_evaluation_matches_the_loop(uninterrupted):
     assert "step 6 of" in out.stdout
     mean_r1 = (final["eval/i2t_r1"] + final["eval/t2i_r1"]) / 2
     assert f"mean R@1 (i→t, t→i)            {mean_r1:.1f}" in out.stdout
+
+
+def test_two_processes_train_like_one(uninterrupted, tmp_path):
+    """2 processes × 4 CPU devices through jax.distributed == 1 process × 8 devices."""
+    ref_dir, _ = uninterrupted
+    workdir = str(tmp_path / "two_processes")
+    # Steps 1-4 use the same learning rates at total_steps=4 as at 6 (warm-up, then cosine).
+    args = ["--config", "configs/albef.py:tiny", "--workdir", workdir, "--config.total_steps=4"]
+    out = subprocess.run(
+        ["bash", "launch/local.sh", "2", "4", "--", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]},
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    ref, got = train_rows(ref_dir), train_rows(workdir)
+    assert sorted(got) == [2, 4]
+    for step in (2, 4):
+        for key in ("train/loss", "train/itc", "train/itm", "train/mlm"):
+            np.testing.assert_allclose(got[step][key], ref[step][key], rtol=1e-5, err_msg=key)
+    setup = json.loads(open(os.path.join(workdir, "setup.json")).read())
+    assert setup["processes"] == 2 and setup["devices"] == 8
+    # Each process wrote its own data-iterator state next to the shared model state.
+    data_dir = os.path.join(workdir, "checkpoints", "4", "data")
+    data_states = sorted(f for f in os.listdir(data_dir) if f.startswith("process_"))
+    assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]

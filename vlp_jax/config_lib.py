@@ -6,14 +6,17 @@ here are the public interface: `--config.<key>=value` overrides any of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
+from vlp_jax import sharding
+
 MODEL_KINDS = ("albef", "dual_encoder")
 DTYPES = ("float32", "bfloat16")
 ITM_MODES = ("sample", "argmax")
+SYNTH_TEACHERS = ("fusion_mlm", "text_mlm")
 DATASETS = ("shapes",)
 OBJECTIVES = {"albef": ("itc", "itm", "mlm"), "dual_encoder": ("itc",)}
 
@@ -55,6 +58,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             typed = value
         out[key] = typed
     return out
+
+
+def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """A grid sweep: `product(**{"optimizer.learning_rate": [1e-4, 3e-4], "seed": [0, 1]})` →
+    four override dicts, for a config's `get_sweep` (see launch/sweep.py)."""
+    points: list[dict[str, Any]] = [{}]
+    for key, values in axes.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
 
 
 def model_config(
@@ -106,6 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 512  # global
+    c.grad_accum_steps = 1  # >1: the batch runs as this many microbatches per update
     c.total_steps = 100_000
     c.log_every_steps = 100
     c.eval_every_steps = 5_000
@@ -140,10 +153,18 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.loss_weights = ml_collections.ConfigDict({"itc": 1.0, "itm": 1.0, "mlm": 1.0})
-    c.itm = ml_collections.ConfigDict({"mode": "sample"})
+    c.itm = ml_collections.ConfigDict(
+        {
+            "mode": "sample",  # "argmax": GRIT-VLP's hardest negative
+            # ViLTA: one more negative per pair, its caption rewritten by the MLM head (vilta.py).
+            "synth": {"enabled": False, "teacher": "fusion_mlm", "temperature": 1.0, "top_k": 0},
+        }
+    )
     c.mlm = ml_collections.ConfigDict({"mask_prob": 0.15})
+    # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
     c.mesh = (("data", -1),)
-    c.sharding_rules = ()  # empty: vlp_jax.sharding.DEFAULT_RULES (data parallel)
+    # Logical axis → mesh axes; one table for every mesh (see vlp_jax.sharding.DEFAULT_RULES).
+    c.sharding_rules = sharding.DEFAULT_RULES
     c.eval = ml_collections.ConfigDict(
         {"split": "test", "batch_size": 200, "num_examples": 1_000, "itm_rerank_k": 0}
     )
@@ -215,9 +236,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _accepted("model.dtype", config.model.dtype, DTYPES)
     _accepted("itm.mode", config.itm.mode, ITM_MODES)
     _accepted("data.name", config.data.name, DATASETS)
+    _accepted("itm.synth.teacher", config.itm.synth.teacher, SYNTH_TEACHERS)
+    if (
+        config.itm.synth.enabled
+        and config.itm.synth.teacher == "fusion_mlm"
+        and not config.loss_weights.get("mlm", 0.0)
+    ):
+        raise ValueError(
+            "config.itm.synth.teacher='fusion_mlm' reuses the MLM pass, but loss_weights.mlm=0; "
+            "use itm.synth.teacher='text_mlm'"
+        )
     _positive(
         config,
         "batch_size",
+        "grad_accum_steps",
         "total_steps",
         "log_every_steps",
         "eval_every_steps",
@@ -225,6 +257,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "optimizer.learning_rate",
         "data.max_len",
     )
+    if config.batch_size % config.grad_accum_steps:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} does not split into "
+            f"config.grad_accum_steps={config.grad_accum_steps} microbatches"
+        )
     if not 0.0 < config.mlm.mask_prob < 1.0:
         raise ValueError(f"config.mlm.mask_prob={config.mlm.mask_prob} must be in (0, 1)")
     usable = OBJECTIVES[config.model.kind]

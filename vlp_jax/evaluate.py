@@ -223,12 +223,15 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, 
 
 def main(argv) -> None:
     del argv
+    from vlp_jax.distributed import initialize_distributed
+
+    initialize_distributed()
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(config.model)
     step, params = restore_params(config, workdir, mesh, model)
-    with jax.set_mesh(mesh):
+    with sharding.activate(mesh, sharding.rules_from_config(config.sharding_rules)):
         metrics = Evaluator(model, config, load_tokenizer(config.data.tokenizer), mesh).run(params)
     print(f"step {step} of {workdir}")
     print(format_table(metrics))

@@ -170,18 +170,33 @@ def itm_negatives(
     )
 
 
-def itm_loss(pos_logits: jax.Array, neg_logits: jax.Array) -> jax.Array:
-    """2-way cross-entropy over G positives (label 1) and 2G negatives (label 0)."""
+def itm_loss(
+    pos_logits: jax.Array, neg_logits: jax.Array, neg_weights: jax.Array | None = None
+) -> jax.Array:
+    """2-way cross-entropy over G positives (label 1) and the negatives (label 0): ALBEF's 2G
+    mined ones, plus any synthesised ones. `neg_weights` (0/1) drops negatives that are unusable
+    (a synthesised text identical to its positive)."""
     logits = jnp.concatenate([pos_logits, neg_logits]).astype(jnp.float32)
     labels = jnp.concatenate(
         [jnp.ones(pos_logits.shape[0], jnp.int32), jnp.zeros(neg_logits.shape[0], jnp.int32)]
     )
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    weights = _pair_weights(pos_logits, neg_logits, neg_weights)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return (ce * weights).sum() / weights.sum()
 
 
-def itm_accuracy(pos_logits: jax.Array, neg_logits: jax.Array) -> jax.Array:
+def itm_accuracy(
+    pos_logits: jax.Array, neg_logits: jax.Array, neg_weights: jax.Array | None = None
+) -> jax.Array:
     correct = jnp.concatenate([pos_logits.argmax(-1) == 1, neg_logits.argmax(-1) == 0])
-    return correct.mean()
+    weights = _pair_weights(pos_logits, neg_logits, neg_weights)
+    return (correct * weights).sum() / weights.sum()
+
+
+def _pair_weights(pos_logits, neg_logits, neg_weights) -> jax.Array:
+    if neg_weights is None:
+        neg_weights = jnp.ones(neg_logits.shape[0], jnp.float32)
+    return jnp.concatenate([jnp.ones(pos_logits.shape[0], jnp.float32), neg_weights])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,40 +8,17 @@ environment says it is one of several (SLURM, Cloud TPU pods, or the JAX_* varia
 
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vlp_jax.distributed import initialize_distributed
+
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def is_multiprocess_launch() -> bool:
-    """True when this process is one of several of a job."""
-    env = os.environ
-    if int(env.get("JAX_NUM_PROCESSES", "1")) > 1:
-        return True
-    if int(env.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
-
-
-def initialize_distributed() -> None:
-    if jax.distributed.is_initialized() or not is_multiprocess_launch():
-        return
-    env = os.environ
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        jax.distributed.initialize(
-            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env["JAX_NUM_PROCESSES"]),
-            process_id=int(env["JAX_PROCESS_ID"]),
-        )
-    else:  # SLURM and Cloud TPU describe the cluster themselves
-        jax.distributed.initialize()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

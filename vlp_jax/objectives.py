@@ -3,6 +3,7 @@
 ALBEF (Li et al., 2021):  L = w_itc·L_itc + w_itm·L_itm + w_mlm·L_mlm
   - L_itc on the global batch (`losses.itc`),
   - L_itm on G positives and 2G hard negatives mined over the global batch (`losses.itm_negatives`),
+    plus, with `itm.synth.enabled`, G negatives synthesised by the language model (`vilta`),
   - L_mlm on a second, corrupted text pass through text + fusion layers with the image tokens.
 CLIP-style dual encoder:  L = w_itc·L_itc.
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from vlp_jax import losses
+from vlp_jax import losses, vilta
 
 Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -83,10 +84,11 @@ def _albef_objective(
     weights = _weights(config)
     itm_mode = config.itm.mode
     mask_prob = float(config.mlm.mask_prob)
+    synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
 
     def objective(params, batch, rng):
         variables = {"params": params}
-        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm = jax.random.split(rng, 6)
+        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth = jax.random.split(rng, 7)
         ids, mask = batch["input_ids"], batch["attention_mask"]
 
         def apply(*args, method, key=None, **kwargs):
@@ -104,21 +106,7 @@ def _albef_objective(
         if "itc" in weights:
             parts["itc"] = losses.itc(v, t, temperature)
 
-        if "itm" in weights:
-            neg_text, neg_image = losses.itm_negatives(
-                k_itm, v, t, batch["image_id"], temperature, mode=itm_mode
-            )
-            # Pairs: (text b, image b) positive; (text b, image neg_image[b]) and
-            # (text neg_text[b], image b) negative: one fusion pass over 3G pairs.
-            texts = jnp.concatenate([txt, txt, txt[neg_text]])
-            masks = jnp.concatenate([mask, mask, mask[neg_text]])
-            images = jnp.concatenate([img, img[neg_image], img])
-            fused = apply(texts, masks, images, train=True, method="fuse", key=k_fuse)
-            logits = apply(fused, method="itm_logits")
-            g = ids.shape[0]
-            parts["itm"] = losses.itm_loss(logits[:g], logits[g:])
-            metrics["train/itm_acc"] = losses.itm_accuracy(logits[:g], logits[g:])
-
+        mlm_logits = selected = None
         if "mlm" in weights:
             corrupted, selected = losses.mask_tokens(
                 k_mask,
@@ -129,9 +117,61 @@ def _albef_objective(
                 vocab_size=tokens.vocab_size,
                 special_ids=tokens.special_ids,
             )
-            logits = apply(corrupted, mask, img, train=True, method="mlm_logits", key=k_mlm)
-            parts["mlm"] = losses.mlm_loss(logits, ids, selected)
-            metrics["train/mlm_acc"] = losses.mlm_accuracy(logits, ids, selected)
+            mlm_logits = apply(corrupted, mask, img, train=True, method="mlm_logits", key=k_mlm)
+            parts["mlm"] = losses.mlm_loss(mlm_logits, ids, selected)
+            metrics["train/mlm_acc"] = losses.mlm_accuracy(mlm_logits, ids, selected)
+
+        if "itm" in weights:
+            neg_text, neg_image = losses.itm_negatives(
+                k_itm, v, t, batch["image_id"], temperature, mode=itm_mode
+            )
+            # Pairs: (text b, image b) positive; (text b, image neg_image[b]) and
+            # (text neg_text[b], image b) negative: one fusion pass over 3G pairs.
+            texts = [txt, txt, txt[neg_text]]
+            masks = [mask, mask, mask[neg_text]]
+            images = [img, img[neg_image], img]
+            g = ids.shape[0]
+            neg_weights = jnp.ones(2 * g, jnp.float32)
+            if synth is not None:
+                if synth.teacher == "text_mlm":
+                    corrupted, selected = losses.mask_tokens(
+                        k_mask,
+                        ids,
+                        mask,
+                        mask_prob=mask_prob,
+                        mask_id=tokens.mask_id,
+                        vocab_size=tokens.vocab_size,
+                        special_ids=tokens.special_ids,
+                    )
+                    teacher = apply(corrupted, mask, train=False, method="text_mlm_logits")
+                else:
+                    teacher = mlm_logits
+                synth_ids, valid = vilta.synthesize_negative_texts(
+                    k_synth,
+                    teacher,
+                    ids,
+                    selected,
+                    special_ids=tokens.special_ids,
+                    temperature=synth.temperature,
+                    top_k=synth.top_k,
+                )
+                # (image b, synthesised text b): a third negative per positive (ViLTA).
+                texts.append(apply(synth_ids, mask, train=True, method="encode_text", key=k_txt))
+                masks.append(mask)
+                images.append(img)
+                neg_weights = jnp.concatenate([neg_weights, valid])
+                metrics["train/itm_synth_valid"] = valid.mean()
+            fused = apply(
+                jnp.concatenate(texts),
+                jnp.concatenate(masks),
+                jnp.concatenate(images),
+                train=True,
+                method="fuse",
+                key=k_fuse,
+            )
+            logits = apply(fused, method="itm_logits")
+            parts["itm"] = losses.itm_loss(logits[:g], logits[g:], neg_weights)
+            metrics["train/itm_acc"] = losses.itm_accuracy(logits[:g], logits[g:], neg_weights)
 
         metrics.update({f"train/{k}": val for k, val in parts.items()})
         return _total(weights, parts), metrics

@@ -7,7 +7,8 @@ Sharding is declared once: models name their parameter axes logically ("embed", 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,20 +21,29 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes the global batch is split over (FSDP shards the batch too, ZeRO-3 style).
 BATCH_AXES = ("data", "fsdp")
 
-# Data parallel: every parameter replicated, activations split over the batch axes.
+# One table for every mesh: axes a mesh lacks (or has at size 1) are dropped, so on a pure
+# data-parallel mesh this is plain replication; with `fsdp > 1` every weight matrix is split
+# along its model width (ZeRO-3: XLA gathers each layer's weights where they are used); with
+# `tensor > 1` attention heads, MLP hidden units and the vocabulary are split (Megatron style).
+# Activations have their own names ("act_*") so a weight rule never reshapes the residual stream.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
-    ("embed", None),
-    ("mlp", None),
-    ("heads", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", None),  # "tensor" also works, but XLA then gathers the embedding table
     ("head_dim", None),
-    ("vocab", None),
     ("patch", None),
     ("pos", None),
     ("proj", None),
     ("classes", None),
     ("norm", None),
     ("length", None),
+    ("act_embed", None),
+)
+# Plain data parallelism whatever the mesh: every parameter replicated.
+REPLICATED_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, BATCH_AXES if name == "batch" else None) for name, _ in DEFAULT_RULES
 )
 
 
@@ -83,11 +93,11 @@ def active_batch_axes() -> tuple[str, ...] | None:
     return axes
 
 
-def batch_size_per_shard(global_batch: int, mesh: Mesh) -> int:
+def batch_size_per_shard(global_batch: int, mesh: Mesh, what: str = "config.batch_size") -> int:
     shards = int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
     if global_batch % shards:
         raise ValueError(
-            f"config.batch_size={global_batch} must divide by the {shards} batch shards of the mesh"
+            f"{what}={global_batch} must divide by the {shards} batch shards of the mesh"
         )
     return global_batch // shards
 
@@ -105,12 +115,60 @@ def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str,
     if not rules:
         return DEFAULT_RULES
     out = []
-    for rule in rules:
-        name, target = rule[0], rule[1]
+    for i, rule in enumerate(rules):
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(
+                f"config.sharding_rules[{i}]={rule!r} is not a (logical name, mesh axes) pair"
+            )
+        name, target = rule
         if isinstance(target, list):
             target = tuple(target)
-        out.append((str(name), target))
+        for axis in (target,) if isinstance(target, str) else target or ():
+            if axis not in MESH_AXES:
+                raise ValueError(
+                    f"config.sharding_rules[{i}]: {name!r} -> unknown mesh axis {axis!r}; "
+                    f"accepted axes are {MESH_AXES}"
+                )
+        out.append((name, target))
     return tuple(out)
+
+
+def rules_for_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """The rules with the mesh axes this mesh lacks (or has at size 1) removed."""
+    useful = {a for a in mesh.axis_names if mesh.shape[a] > 1}
+
+    def keep(target):
+        if target is None:
+            return None
+        if isinstance(target, str):
+            return target if target in useful else None
+        kept = tuple(t for t in target if t in useful)
+        return kept or None
+
+    return tuple((name, keep(target)) for name, target in rules)
+
+
+def resolve_spec(
+    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Sequence[tuple[str, Any]]
+) -> P:
+    """Logical axis names of one array → its PartitionSpec on `mesh`.
+
+    A mesh axis is used at most once per array, and only where it divides the dimension: a
+    dimension it does not divide (a 2-class head on `tensor=4`) stays whole rather than failing.
+    """
+    table = dict(rules_for_mesh(mesh, rules))
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(names, shape):
+        target = table.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        if axes and size % int(np.prod([mesh.shape[a] for a in axes])) == 0:
+            used.update(axes)
+            spec.append(axes[0] if len(axes) == 1 else axes)
+        else:
+            spec.append(None)
+    return P(*spec)
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
@@ -118,20 +176,22 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str,
 
     Plain leaves (step counters, optimiser scalars) are replicated.
     """
-    specs = nn.get_partition_spec(abstract_tree)
-    # Drop mesh axes this mesh does not have, so one rule table serves every mesh shape.
-    present = set(mesh.axis_names)
 
-    def keep(target):
-        if target is None:
-            return None
-        if isinstance(target, str):
-            return target if target in present else None
-        kept = tuple(t for t in target if t in present)
-        return kept or None
+    def leaf_sharding(leaf):
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            return NamedSharding(mesh, resolve_spec(leaf.names, leaf.value.shape, mesh, rules))
+        return NamedSharding(mesh, P())
 
-    rules = tuple((name, keep(target)) for name, target in rules)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    return jax.tree.map(
+        leaf_sharding, abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Sets the mesh and the logical rules that the models' activation constraints read."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for_mesh(mesh, rules)):
+        yield
 
 
 def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from vlp_jax import checkpoint, config_lib, evaluate, objectives, optim, sharding
+from vlp_jax import checkpoint, config_lib, evaluate, objectives, optim, setup_report, sharding
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import Tokenizer, load_tokenizer
 from vlp_jax.metrics import MetricWriter, Progress
@@ -62,20 +62,79 @@ def create_state(
     """Initialises the state directly in its shardings; returns (state, state shardings)."""
     init = init_state_fn(model, tx, config)
     rng = jax.random.key(config.seed)
-    with jax.set_mesh(mesh):
+    with sharding.activate(mesh, rules):
         abstract = jax.eval_shape(init, rng)
         shardings = sharding.logical_shardings(abstract, mesh, rules)
         state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
     return state, shardings
 
 
-def make_train_step(objective: objectives.Objective, tx, schedule, state_shardings, mesh):
+def microbatches(batch: dict[str, jax.Array], steps: int) -> dict[str, jax.Array]:
+    """[B, ...] → [steps, B/steps, ...]; microbatch i takes rows i, i+steps, i+2·steps, ...
+
+    Strided rows keep every device's share of each microbatch on that device (the batch is split
+    over devices in contiguous blocks), so splitting moves no data.
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % steps:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {steps} microbatches")
+        x = x.reshape(x.shape[0] // steps, steps, *x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+
+    return {k: split(v) for k, v in batch.items()}
+
+
+def accumulated_grads(
+    objective: objectives.Objective,
+    params: Any,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    steps: int,
+) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+    """(loss, metrics, grads) averaged over `steps` microbatches of `batch`.
+
+    For objectives that are a mean over examples this equals one pass over the whole batch. The
+    global-batch objectives (ITC, ITM mining) see one microbatch at a time: their negatives come
+    from B/steps pairs, as if the batch were that size (memory of B/steps, statistics of
+    B/steps). Microbatch i draws its randomness from `fold_in(rng, i)`.
+    """
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def one(micro: dict[str, jax.Array], key: jax.Array):
+        (loss, metrics), grads = grad_fn(params, micro, key)
+        return loss, metrics, grads
+
+    if steps == 1:
+        return one(batch, rng)
+    split = microbatches(batch, steps)
+
+    def body(total, xs):
+        index, micro = xs
+        out = one(micro, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, total, out), None
+
+    shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], split), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), split))
+    return jax.tree.map(lambda x: x / steps, total)
+
+
+def make_train_step(
+    objective: objectives.Objective,
+    tx,
+    schedule,
+    state_shardings,
+    mesh,
+    grad_accum_steps: int = 1,
+):
     """The jitted step: (state, global batch) → (state, metrics); the state buffer is donated."""
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+        loss, metrics, grads = accumulated_grads(
+            objective, state["params"], batch, rng, grad_accum_steps
+        )
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         if "temperature" in params:  # ALBEF clamps τ in place, so it never drifts out of range
@@ -161,7 +220,12 @@ def train_and_evaluate(
     # --- Mesh, tokenizer, model, optimiser, state ------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding_rules)
-    sharding.batch_size_per_shard(config.batch_size, mesh)
+    # Each microbatch is split over the batch shards too.
+    sharding.batch_size_per_shard(
+        config.batch_size // config.grad_accum_steps,
+        mesh,
+        what=f"config.batch_size / config.grad_accum_steps ({config.grad_accum_steps})",
+    )
     tokenizer = load_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > config.model.text.vocab_size:
         raise ValueError(
@@ -172,12 +236,11 @@ def train_and_evaluate(
     model = build_model(config.model)
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
     state, state_shardings = create_state(model, tx, config, mesh, rules)
-    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    if is_main:
-        print(f"mesh {dict(mesh.shape)}; model {config.model.kind}: {n_params / 1e6:.2f}M params")
 
     objective = objectives.make_objective(model, config, token_info(tokenizer))
-    train_step = make_train_step(objective, tx, schedule, state_shardings, mesh)
+    train_step = make_train_step(
+        objective, tx, schedule, state_shardings, mesh, config.grad_accum_steps
+    )
 
     # --- Data and checkpoints ----------------------------------------------------------------
     data = pipeline.train_dataset(
@@ -206,11 +269,28 @@ def train_and_evaluate(
     final: dict[str, float] = {}
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
-    with jax.set_mesh(mesh):
+    with sharding.activate(mesh, rules):
         end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
+        batch = sharding.to_global(next(data_iter), mesh) if step < end else None
+        if batch is not None:
+            t_compile = time.perf_counter()
+            compiled_step = train_step.lower(state, batch).compile()
+            setup = setup_report.describe(
+                mesh,
+                state["params"],
+                state_shardings["params"],
+                compiled_step,
+                time.perf_counter() - t_compile,
+            )
+            setup_report.write(workdir, setup)
+            if is_main:
+                print(f"model {config.model.kind}; " + setup_report.format_setup(setup))
+            t_log = time.perf_counter()
         while step < end:
-            batch = sharding.to_global(next(data_iter), mesh)
-            state, metrics = train_step(state, batch)
+            if batch is None:
+                batch = sharding.to_global(next(data_iter), mesh)
+            state, metrics = compiled_step(state, batch)
+            batch = None
             step += 1
             pairs_since_log += config.batch_size
             history.append((step, metrics))
@@ -253,7 +333,7 @@ def train_and_evaluate(
         writer.close()
         return {}
     if not final:  # resumed at the end: evaluate the restored state
-        with jax.set_mesh(mesh):
+        with sharding.activate(mesh, rules):
             final = evaluator.run(state["params"])
     writer.close()
     return final

@@ -22,7 +22,7 @@ PARAM_AXES = frozenset(
     {"embed", "mlp", "heads", "head_dim", "vocab", "patch", "pos", "proj", "classes", "norm"}
 )
 # Logical names of the residual stream between blocks.
-ACTIVATION_AXES = ("batch", "length", "embed")
+ACTIVATION_AXES = ("batch", "length", "act_embed")
 
 # BERT and timm both initialise linear layers and embeddings with std 0.02.
 DEFAULT_INIT: Initializer = nn.initializers.normal(stddev=0.02)

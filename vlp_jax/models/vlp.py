@@ -132,6 +132,14 @@ class ALBEF(_TwoTowerBase):
         fused = self.fuse(text_hidden, attention_mask, image_tokens, train)
         return self.mlm_head(fused, self.txt.word_table())
 
+    def text_mlm_logits(
+        self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False
+    ) -> jax.Array:
+        """Text tower only (no image) -> MLM logits [B, L, V]: ViLTA's language-only teacher."""
+        return self.mlm_head(
+            self.encode_text(input_ids, attention_mask, train), self.txt.word_table()
+        )
+
     def __call__(
         self,
         images: jax.Array,

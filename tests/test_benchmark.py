@@ -1,0 +1,37 @@
+"""The benchmark writes every figure it promises; MFU needs a known (or given) peak."""
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import load_config
+from vlp_jax import benchmark
+
+
+def test_peak_flops_table_matches_device_kinds():
+    assert benchmark.peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
+    assert benchmark.peak_flops_per_device("NVIDIA H100 PCIe") == 756e12
+    assert benchmark.peak_flops_per_device("TPU v5 lite") == 197e12
+    assert benchmark.peak_flops_per_device("TPU v5p") == 459e12
+    assert benchmark.peak_flops_per_device("cpu") is None
+
+
+def test_benchmark_writes_step_time_throughput_memory_and_mfu(tmp_path):
+    config = load_config("clip", "tiny")
+    result = benchmark.run_benchmark(
+        config, str(tmp_path), steps=3, warmup=1, data_batches=2, peak_flops=1e12
+    )
+    saved = json.loads(open(os.path.join(tmp_path, "benchmark.json")).read())
+    assert saved.keys() == result.keys()
+    assert saved["step_seconds"] == result["step_seconds"]
+    step = result["step_seconds"]
+    assert 0 < step["min"] <= step["median"] <= step["max"]
+    assert result["pairs_per_sec"] == pytest.approx(config.batch_size / step["median"])
+    assert result["pairs_per_sec_per_device"] == pytest.approx(result["pairs_per_sec"] / 8)
+    assert result["flops_per_step"] > 0
+    assert result["memory_per_device"]["total_bytes"] > 0
+    assert result["data_pipeline"]["pairs_per_sec_this_process"] > 0
+    expected_mfu = result["flops_per_step"] / (step["median"] * 8 * 1e12)
+    assert result["mfu"] == pytest.approx(expected_mfu)
+    assert "MFU" in benchmark.format_result(result)

@@ -1,0 +1,126 @@
+"""What a run is about to do, from the compiled step: mesh, parameters and their shardings,
+per-device memory and FLOPs. Printed at start-up and written to `{workdir}/setup.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+_LAYER_INDEX = re.compile(r"layers_\d+")
+_MEMORY_FIELDS = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "temp_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+)
+
+
+def _path(key_path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def parameter_groups(params: Any, shardings: Any) -> list[dict[str, Any]]:
+    """One row per parameter kind (layer indices folded to `layers_*`): count, shape, spec."""
+    groups: dict[str, dict[str, Any]] = {}
+    flat_shardings = dict(jax.tree_util.tree_flatten_with_path(shardings)[0])
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = _LAYER_INDEX.sub("layers_*", _path(key_path))
+        spec = flat_shardings[key_path].spec
+        row = groups.setdefault(
+            name,
+            {
+                "name": name,
+                "arrays": 0,
+                "params": 0,
+                "shape": list(leaf.shape),
+                "spec": str(spec),
+                "sharded": any(axis is not None for axis in spec),
+            },
+        )
+        row["arrays"] += 1
+        row["params"] += int(np.prod(leaf.shape))
+    return list(groups.values())
+
+
+def compiled_cost(compiled: Any) -> dict[str, Any]:
+    """Per-device memory (`memory_analysis`) and FLOPs (`cost_analysis`) of a compiled step.
+
+    XLA reports the FLOPs of one device's program after SPMD partitioning, so `flops_per_step`
+    multiplies by the device count (for a data-parallel step that is the whole model's work).
+    """
+    out: dict[str, Any] = {}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        per_device = {f: int(getattr(memory, f, 0) or 0) for f in _MEMORY_FIELDS}
+        # Donated inputs alias outputs, so they are counted once.
+        per_device["total_bytes"] = (
+            per_device["argument_size_in_bytes"]
+            + per_device["output_size_in_bytes"]
+            + per_device["temp_size_in_bytes"]
+            - per_device["alias_size_in_bytes"]
+        )
+        out["memory_per_device"] = per_device
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older JAX: one dict per program
+        cost = cost[0] if cost else None
+    if cost and "flops" in cost:
+        flops = float(cost["flops"])
+        out["flops_per_device"] = flops
+        out["flops_per_step"] = flops * jax.device_count()
+    return out
+
+
+def describe(mesh, params: Any, shardings: Any, compiled: Any, compile_seconds: float) -> dict:
+    """The setup as a JSON-ready dict."""
+    return {
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+        "parameter_groups": parameter_groups(params, shardings),
+        "compile_seconds": round(compile_seconds, 2),
+        **compiled_cost(compiled),
+    }
+
+
+def format_setup(info: dict[str, Any], max_groups: int = 12) -> str:
+    """A few console lines; the full table is in setup.json."""
+    lines = [
+        f"mesh {info['mesh']} on {info['devices']} × {info['device_kind']} "
+        f"({info['processes']} process(es)); {info['params'] / 1e6:.2f}M params; "
+        f"step compiled in {info['compile_seconds']:.1f} s"
+    ]
+    if "memory_per_device" in info:
+        m = info["memory_per_device"]
+        lines.append(
+            f"per-device memory {m['total_bytes'] / 2**20:.1f} MiB "
+            f"(arguments {m['argument_size_in_bytes'] / 2**20:.1f}, "
+            f"temporaries {m['temp_size_in_bytes'] / 2**20:.1f})"
+        )
+    if "flops_per_step" in info:
+        lines.append(f"{info['flops_per_step'] / 1e9:.2f} GFLOP per step (XLA cost analysis)")
+    sharded = [g for g in info["parameter_groups"] if g["sharded"]]
+    specs = {g["spec"] for g in sharded}
+    lines.append(
+        f"{len(sharded)} of {len(info['parameter_groups'])} parameter groups sharded"
+        + (f" ({', '.join(sorted(specs))})" if specs else " (all replicated)")
+    )
+    # Replicated groups need no listing; setup.json has every group.
+    biggest = sorted(sharded, key=lambda g: -g["params"])[:max_groups]
+    for g in biggest:
+        lines.append(f"  {g['name']:<48} {str(g['shape']):<18} {g['spec']}")
+    return "\n".join(lines)
+
+
+def write(workdir: str, info: dict[str, Any]) -> None:
+    """Process 0 writes `{workdir}/setup.json` (a gs:// workdir works through etils.epath)."""
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "setup.json").write_text(json.dumps(info, indent=1))
