@@ -22,12 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.size == "base":
         c.batch_size = 512
         c.total_steps = 305_000
-        c.data.tokenizer = "bert-base-uncased"
-        c.data.image_size = 256
-        c.data.max_len = 30
-        c.model = config_lib.model_config("albef", image_size=256, image_variant="B/16")
-        c.model.text.max_len = 512
-        c.model.dtype = "bfloat16"
+        config_lib.use_base_towers(c, "albef", image_size=256, max_len=30)
         return c
     if args.size != "tiny":
         raise ValueError(f"configs/albef.py: size={args.size!r}; accepted: ['base', 'tiny']")

@@ -16,16 +16,11 @@ from vlp_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = config_lib.parse_arg(arg, size="base")
     c = config_lib.base_config()
-    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0})
+    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0, "itc_consistency": 0.0})
     if args.size == "base":
         c.batch_size = 32_768
         c.total_steps = 12_000
-        c.data.tokenizer = "bert-base-uncased"
-        c.data.image_size = 224
-        c.data.max_len = 32
-        c.model = config_lib.model_config("dual_encoder", image_size=224, image_variant="B/16")
-        c.model.text.max_len = 512
-        c.model.dtype = "bfloat16"
+        config_lib.use_base_towers(c, "dual_encoder", image_size=224, max_len=32)
         c.model.embed_dim = 512
         c.optimizer.learning_rate = 5e-4
         c.optimizer.weight_decay = 0.2

@@ -19,6 +19,9 @@ from vlp_jax import config_lib
         ("clip", None),
         ("clip", "demo"),
         ("clip", "tiny"),
+        ("grit_vlp", None),
+        ("grit_vlp", "demo"),
+        ("grit_vlp", "tiny"),
     ],
 )
 def test_every_config_validates(name, arg):

@@ -169,3 +169,40 @@ def test_mask_tokens_statistics_and_exclusions():
     assert abs(as_mask - 0.8) < 0.02
     # ≈ 10% kept plus the ≈ 1% of random draws that hit the same id.
     assert abs(unchanged - 0.1) < 0.02
+
+
+def numpy_itc_consistency(v, t, temp):
+    s = v @ t.T / temp
+    p_i2t, p_t2i = np.exp(_log_softmax(s, 1)), np.exp(_log_softmax(s.T, 1))
+    ce_i2t = -(p_t2i * _log_softmax(s, 1)).sum(1)  # row b of s against softmax of column b
+    ce_t2i = -(p_i2t * _log_softmax(s.T, 1)).sum(1)
+    return (ce_i2t.mean() + ce_t2i.mean()) / 2
+
+
+def test_itc_consistency_matches_numpy_and_is_global_over_a_mesh():
+    rng = np.random.default_rng(4)
+    v, t = _normalised(rng, 16, 8), _normalised(rng, 16, 8)
+    got = losses.itc_consistency(jnp.asarray(v), jnp.asarray(t), 0.1)
+    np.testing.assert_allclose(got, numpy_itc_consistency(v, t, 0.1), rtol=1e-5)
+    grad_fn = jax.jit(jax.value_and_grad(losses.itc_consistency, argnums=(0, 1)))
+    ref_val, ref_grads = grad_fn(v, t, 0.1)
+    with jax.set_mesh(make_mesh((("data", 4), ("fsdp", 2)))):
+        val, grads = grad_fn(v, t, 0.1)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=1e-6)
+    # A symmetric similarity makes p(text | image b) = p(image | text b): the loss is its entropy.
+    sym = losses.itc_consistency(jnp.asarray(v), jnp.asarray(v), 0.1)
+    s = v @ v.T / 0.1
+    entropy = -(np.exp(_log_softmax(s, 1)) * _log_softmax(s, 1)).sum(1).mean()
+    np.testing.assert_allclose(sym, entropy, rtol=1e-5)
+
+
+def test_hardest_negative_similarity_skips_pairs_of_the_same_image():
+    rng = np.random.default_rng(5)
+    v, t = _normalised(rng, 6, 4), _normalised(rng, 6, 4)
+    ids = np.array([0, 0, 1, 2, 3, 4])
+    s = v @ t.T
+    s[ids[:, None] == ids[None, :]] = -np.inf
+    got = losses.hardest_negative_similarity(jnp.asarray(v), jnp.asarray(t), jnp.asarray(ids))
+    np.testing.assert_allclose(got, s.max(axis=1).mean(), rtol=1e-6)

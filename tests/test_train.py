@@ -117,21 +117,26 @@ def test_standalone_evaluation_matches_the_loop(uninterrupted):
     assert f"mean R@1 (i→t, t→i)            {mean_r1:.1f}" in out.stdout
 
 
-def test_two_processes_train_like_one(uninterrupted, tmp_path):
-    """2 processes × 4 CPU devices through jax.distributed == 1 process × 8 devices."""
-    ref_dir, _ = uninterrupted
+def test_two_processes_train_and_resume_like_one(uninterrupted, tmp_path):
+    """2 processes × 4 CPU devices through jax.distributed == 1 process × 8 devices, also across
+    a stop and restart of both processes."""
+    ref_dir, ref_final = uninterrupted
     workdir = str(tmp_path / "two_processes")
-    # Steps 1-4 use the same learning rates at total_steps=4 as at 6 (warm-up, then cosine).
-    args = ["--config", "configs/albef.py:tiny", "--workdir", workdir, "--config.total_steps=4"]
-    out = subprocess.run(
-        ["bash", "launch/local.sh", "2", "4", "--", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]},
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    args = ["--config", "configs/albef.py:tiny", "--workdir", workdir]
+
+    def launch(*extra):
+        out = subprocess.run(
+            ["bash", "launch/local.sh", "2", "4", "--", *args, *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]},
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.stdout
+
+    launch("--stop_at_step=4")
     ref, got = train_rows(ref_dir), train_rows(workdir)
     assert sorted(got) == [2, 4]
     for step in (2, 4):
@@ -143,3 +148,11 @@ def test_two_processes_train_like_one(uninterrupted, tmp_path):
     data_dir = os.path.join(workdir, "checkpoints", "4", "data")
     data_states = sorted(f for f in os.listdir(data_dir) if f.startswith("process_"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    stdout = launch()  # both processes restore model, optimiser and their data positions
+    assert "resumed from the checkpoint of step 4" in stdout
+    got = train_rows(workdir)
+    np.testing.assert_allclose(got[6]["train/loss"], ref[6]["train/loss"], rtol=1e-5)
+    final = [r for r in read_metrics(workdir) if "eval/i2t_r1" in r][-1]
+    for key in ("eval/i2t_r1", "eval/t2i_r1", "eval/hardneg_acc_itm"):
+        np.testing.assert_allclose(final[key], ref_final[key], atol=1e-4, err_msg=key)

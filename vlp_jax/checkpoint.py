@@ -1,9 +1,10 @@
 """Orbax checkpoints of the train state together with every process's data-iterator state.
 
 Layout: `{workdir}/checkpoints/<step>/state/...` (sharded arrays, each process writes its shards)
-and `<step>/data/process_<i>-of-<n>.json` (Grain iterator positions). Orbax writes a step into a
-temporary directory and renames it when complete, so a save interrupted by a crash is never the
-one restored.
+and `<step>/data/process_<i>-of-<n>.json` (Grain iterator positions), plus `<step>/sampler/`
+when a batch sampler keeps state (GRIT's epoch order and collected embeddings). Orbax writes a
+step into a temporary directory and renames it when complete, so a save interrupted by a crash
+is never the one restored.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Checkpointer:
         self.every = every
         self.manager = ocp.CheckpointManager(
             self.directory,
-            item_names=("state", "data"),
+            item_names=("state", "data", "sampler"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True
             ),
@@ -47,15 +48,31 @@ class Checkpointer:
         )
         return restored["state"]
 
-    def save(self, step: int, state: Any, data_iter: grain.DatasetIterator) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iter),
-            ),
-            force=True,
+    def restore_sampler(self) -> dict[str, Any] | None:
+        """The batch sampler's state (GRIT's order and embeddings) of the latest checkpoint, if
+        it saved one; restored first, because the data iterator is built from it."""
+        step = self.manager.latest_step()
+        if step is None or "sampler" not in self.manager.item_metadata(step):
+            return None
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(sampler=ocp.args.StandardRestore())
         )
+        return dict(restored["sampler"])
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iter: grain.DatasetIterator,
+        sampler: dict[str, Any] | None = None,
+    ) -> None:
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": grain.checkpoint.CheckpointSave(data_iter),
+        }
+        if sampler is not None:
+            items["sampler"] = ocp.args.StandardSave(sampler)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def due(self, step: int) -> bool:
         return step % self.every == 0

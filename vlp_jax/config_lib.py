@@ -18,7 +18,10 @@ DTYPES = ("float32", "bfloat16")
 ITM_MODES = ("sample", "argmax")
 SYNTH_TEACHERS = ("fusion_mlm", "text_mlm")
 DATASETS = ("shapes",)
-OBJECTIVES = {"albef": ("itc", "itm", "mlm"), "dual_encoder": ("itc",)}
+OBJECTIVES = {
+    "albef": ("itc", "itc_consistency", "itm", "mlm"),
+    "dual_encoder": ("itc", "itc_consistency"),
+}
 
 # Text tower sizes: (width, heads, mlp_dim, text_layers, fusion_layers).
 TEXT_SIZES = {
@@ -152,15 +155,20 @@ def base_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 5.0,
         }
     )
-    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0, "itm": 1.0, "mlm": 1.0})
+    c.loss_weights = ml_collections.ConfigDict(
+        {"itc": 1.0, "itc_consistency": 0.0, "itm": 1.0, "mlm": 1.0}
+    )
     c.itm = ml_collections.ConfigDict(
         {
             "mode": "sample",  # "argmax": GRIT-VLP's hardest negative
+            "sample_temperature": 0.0,  # 0: ALBEF's, the learned ITC temperature
             # ViLTA: one more negative per pair, its caption rewritten by the MLM head (vilta.py).
             "synth": {"enabled": False, "teacher": "fusion_mlm", "temperature": 1.0, "top_k": 0},
         }
     )
     c.mlm = ml_collections.ConfigDict({"mask_prob": 0.15})
+    # GRIT-VLP's grouped batches (vlp_jax/grit.py); search_space: a multiple of batch_size.
+    c.grit = ml_collections.ConfigDict({"enabled": False, "search_space": 1920})
     # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
     c.mesh = (("data", -1),)
     # Logical axis → mesh axes; one table for every mesh (see vlp_jax.sharding.DEFAULT_RULES).
@@ -170,6 +178,18 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.tensorboard = True
     return c
+
+
+def use_base_towers(
+    c: ml_collections.ConfigDict, kind: str, *, image_size: int, max_len: int
+) -> None:
+    """ViT-B/16 + BERT-base (WordPiece `bert-base-uncased`) in bfloat16 at `image_size`."""
+    c.data.tokenizer = "bert-base-uncased"
+    c.data.image_size = image_size
+    c.data.max_len = max_len
+    c.model = model_config(kind, image_size=image_size, image_variant="B/16")
+    c.model.text.max_len = 512
+    c.model.dtype = "bfloat16"
 
 
 def use_demo_towers(c: ml_collections.ConfigDict, kind: str) -> None:
@@ -188,6 +208,30 @@ def use_demo_towers(c: ml_collections.ConfigDict, kind: str) -> None:
     )
     c.model.image.update(patch_size=8, width=128, depth=4, num_heads=4, mlp_ratio=2.0)
     c.model.text.update(mlp_dim=256, dropout=0.0)
+
+
+def use_demo_run(c: ml_collections.ConfigDict, kind: str, *, steps: int) -> None:
+    """`make demo`'s schedule: batch 64, lr 1e-3 with 200 warm-up steps, one evaluation at the
+    end (with ITM re-ranking of the top 16), on the demo towers."""
+    c.batch_size = 64
+    c.total_steps = steps
+    c.log_every_steps = 50
+    c.eval_every_steps = steps
+    c.checkpoint_every_steps = 500
+    c.data.read_threads = 2
+    use_demo_towers(c, kind)
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.min_learning_rate = 1e-5
+    c.optimizer.warmup_init = 1e-5
+    c.optimizer.warmup_steps = 200
+    c.optimizer.weight_decay = 0.02
+    # From scratch on `shapes`, negatives drawn with the (quickly small) ITC temperature are
+    # near-duplicates the fusion cannot tell apart yet, and ITM stays at chance for ~500 of the
+    # 1,100 steps; drawn at τ = 1 they are still similarity-weighted and ITM learns from step
+    # ~200 (README, "The demo").
+    c.itm.sample_temperature = 1.0
+    c.eval.batch_size = 200
+    c.eval.itm_rerank_k = 16
 
 
 def use_tiny_run(c: ml_collections.ConfigDict, kind: str, *, steps: int) -> None:
@@ -261,6 +305,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.batch_size={config.batch_size} does not split into "
             f"config.grad_accum_steps={config.grad_accum_steps} microbatches"
+        )
+    if config.grit.enabled and config.grit.search_space % config.batch_size:
+        raise ValueError(
+            f"config.grit.search_space={config.grit.search_space} must be a multiple of "
+            f"config.batch_size={config.batch_size} (grouped batches are cut from search spaces)"
+        )
+    if config.grit.enabled and config.grad_accum_steps > 1:
+        raise ValueError(
+            "config.grit.enabled needs config.grad_accum_steps=1: the sampler collects each "
+            "step's embeddings of the whole batch"
         )
     if not 0.0 < config.mlm.mask_prob < 1.0:
         raise ValueError(f"config.mlm.mask_prob={config.mlm.mask_prob} must be in (0, 1)")

@@ -105,6 +105,41 @@ def itc(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.Array) -> ja
     return on_batch_shards(_itc_local, (image_emb, text_emb), (temperature,))
 
 
+def _itc_consistency_local(image_emb, text_emb, temperature, *, axis: AxisName) -> jax.Array:
+    i2t = image_emb @ _gather(text_emb, axis).T / temperature
+    t2i = text_emb @ _gather(image_emb, axis).T / temperature
+
+    def soft_ce(logits, target_logits):
+        target = jax.nn.softmax(lax.stop_gradient(target_logits), axis=-1)
+        return -(target * jax.nn.log_softmax(logits, axis=-1)).sum()
+
+    total = soft_ce(i2t, t2i) + soft_ce(t2i, i2t)
+    return _psum(total, axis) / (2 * _gather(image_emb, axis).shape[0])
+
+
+def itc_consistency(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.Array) -> jax.Array:
+    """GRIT-VLP's ITC consistency over the global batch, with s = v tᵀ / τ:
+
+        L_cons = 1/(2G) Σ_b [ CE(s[b,:], softmax(sg(s[:,b]))) + CE(s[:,b], softmax(sg(s[b,:]))) ]
+
+    i.e. p(text | image b) is pulled toward p(image | text b) and vice versa, each toward a
+    stop-gradient target. GRIT-VLP adds it to ITC with weight 0.2 (`loss_weights.itc_consistency`).
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    return on_batch_shards(_itc_consistency_local, (image_emb, text_emb), (temperature,))
+
+
+def hardest_negative_similarity(
+    image_emb: jax.Array, text_emb: jax.Array, image_ids: jax.Array
+) -> jax.Array:
+    """Mean over images of the cosine to their most similar in-batch text of another image:
+    how hard the batch's negatives are (GRIT's grouped batches raise it). A metric, no gradient."""
+    v, t = lax.stop_gradient(image_emb), lax.stop_gradient(text_emb)
+    sims = v @ t.T
+    same = image_ids[:, None] == image_ids[None, :]
+    return jnp.where(same, -jnp.inf, sims).max(axis=1).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # ITM hard-negative mining.
 

@@ -18,6 +18,12 @@ from vlp_jax.distributed import initialize_distributed
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.DEFINE_integer(
+    "stop_at_step",
+    None,
+    "End this run after this step (with a checkpoint), e.g. to fit a job's time limit; running "
+    "the same command again continues to config.total_steps.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,8 +50,10 @@ def main(argv: list[str]) -> None:
     # keeping it here makes that ordering obvious.
     from vlp_jax import evaluate, train
 
-    metrics = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    if jax.process_index() == 0:
+    metrics = train.train_and_evaluate(
+        flags.FLAGS.config, flags.FLAGS.workdir, stop_at_step=flags.FLAGS.stop_at_step
+    )
+    if jax.process_index() == 0 and metrics:
         logging.info("final evaluation: %s", metrics)
         print(evaluate.format_table(metrics))
 

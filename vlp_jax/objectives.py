@@ -6,6 +6,7 @@ ALBEF (Li et al., 2021):  L = w_itc·L_itc + w_itm·L_itm + w_mlm·L_mlm
     plus, with `itm.synth.enabled`, G negatives synthesised by the language model (`vilta`),
   - L_mlm on a second, corrupted text pass through text + fusion layers with the image tokens.
 CLIP-style dual encoder:  L = w_itc·L_itc.
+Either may add GRIT-VLP's ITC consistency term, w_cons·L_cons (`losses.itc_consistency`).
 
 A weight of 0 removes the objective from the compiled step, so it costs nothing.
 """
@@ -42,12 +43,33 @@ def _total(weights: dict[str, float], parts: dict[str, jax.Array]) -> jax.Array:
     return sum(weights[k] * parts[k] for k in parts)
 
 
+def _contrastive_parts(weights, v, t, temperature) -> dict[str, jax.Array]:
+    parts = {}
+    if "itc" in weights:
+        parts["itc"] = losses.itc(v, t, temperature)
+    if "itc_consistency" in weights:
+        parts["itc_consistency"] = losses.itc_consistency(v, t, temperature)
+    return parts
+
+
 def make_objective(
     model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
 ) -> Objective:
     if config.model.kind == "albef":
-        return _albef_objective(model, config, tokens)
-    return _dual_encoder_objective(model, config)
+        objective = _albef_objective(model, config, tokens)
+    else:
+        objective = _dual_encoder_objective(model, config)
+    # GRIT's sampler reuses the step's normalised ITC embeddings (no extra forward); anyone
+    # else drops them here, so XLA never materialises them as outputs.
+    keep_embeddings = bool(config.get("grit", {}).get("enabled", False))
+
+    def with_outputs(params, batch, rng):
+        loss, metrics = objective(params, batch, rng)
+        if not keep_embeddings:
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("out/")}
+        return loss, metrics
+
+    return with_outputs
 
 
 def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict) -> Objective:
@@ -70,9 +92,13 @@ def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict)
         v = model.apply(variables, img, method="embed_image")
         t = model.apply(variables, txt, method="embed_text")
         temperature = model.apply(variables, method="temperature")
-        parts = {"itc": losses.itc(v, t, temperature)}
+        parts = _contrastive_parts(weights, v, t, temperature)
         metrics = {f"train/{k}": val for k, val in parts.items()}
         metrics["train/temperature"] = temperature
+        metrics["train/hardest_negative_sim"] = losses.hardest_negative_similarity(
+            v, t, batch["image_id"]
+        )
+        metrics["out/image_emb"], metrics["out/text_emb"] = v, t
         return _total(weights, parts), metrics
 
     return objective
@@ -83,6 +109,7 @@ def _albef_objective(
 ) -> Objective:
     weights = _weights(config)
     itm_mode = config.itm.mode
+    itm_sample_temperature = float(config.itm.get("sample_temperature", 0.0))
     mask_prob = float(config.mlm.mask_prob)
     synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
 
@@ -101,10 +128,16 @@ def _albef_objective(
         t = apply(txt, method="embed_text")
         temperature = apply(method="temperature")
         parts: dict[str, jax.Array] = {}
-        metrics: dict[str, jax.Array] = {"train/temperature": temperature}
+        metrics: dict[str, jax.Array] = {
+            "train/temperature": temperature,
+            "train/hardest_negative_sim": losses.hardest_negative_similarity(
+                v, t, batch["image_id"]
+            ),
+            "out/image_emb": v,
+            "out/text_emb": t,
+        }
 
-        if "itc" in weights:
-            parts["itc"] = losses.itc(v, t, temperature)
+        parts.update(_contrastive_parts(weights, v, t, temperature))
 
         mlm_logits = selected = None
         if "mlm" in weights:
@@ -122,8 +155,10 @@ def _albef_objective(
             metrics["train/mlm_acc"] = losses.mlm_accuracy(mlm_logits, ids, selected)
 
         if "itm" in weights:
+            # ALBEF samples with the ITC temperature; a fixed, larger one gives easier negatives.
+            sample_temp = itm_sample_temperature or temperature
             neg_text, neg_image = losses.itm_negatives(
-                k_itm, v, t, batch["image_id"], temperature, mode=itm_mode
+                k_itm, v, t, batch["image_id"], sample_temp, mode=itm_mode
             )
             # Pairs: (text b, image b) positive; (text b, image neg_image[b]) and
             # (text neg_text[b], image b) negative: one fusion pass over 3G pairs.

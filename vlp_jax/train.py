@@ -15,7 +15,16 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from vlp_jax import checkpoint, config_lib, evaluate, objectives, optim, setup_report, sharding
+from vlp_jax import (
+    checkpoint,
+    config_lib,
+    evaluate,
+    grit,
+    objectives,
+    optim,
+    setup_report,
+    sharding,
+)
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import Tokenizer, load_tokenizer
 from vlp_jax.metrics import MetricWriter, Progress
@@ -243,15 +252,35 @@ def train_and_evaluate(
     )
 
     # --- Data and checkpoints ----------------------------------------------------------------
-    data = pipeline.train_dataset(
-        config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    data_iter = iter(data)
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         every=config.checkpoint_every_steps,
         keep=config.keep_checkpoints,
     )
+    sampler = None
+    if config.grit.enabled:
+        train_size = len(pipeline.make_source(config.data, "train", config.data.train_examples))
+        sampler = grit.GritSampler(
+            train_size, config.batch_size, config.grit.search_space, config.seed
+        )
+        saved = ckpt.restore_sampler()
+        if saved is not None:
+            sampler.load_state(saved)
+
+    def open_data() -> Any:
+        """This process's batch iterator: endless for plain sampling, one epoch for GRIT."""
+        return iter(
+            pipeline.train_dataset(
+                config,
+                tokenizer,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                order=None if sampler is None else sampler.order,
+                epoch=0 if sampler is None else sampler.epoch,
+            )
+        )
+
+    data_iter = open_data()
     restored = ckpt.restore(checkpoint.abstract_like(state), data_iter)
     if restored is not None:
         state = restored
@@ -265,14 +294,16 @@ def train_and_evaluate(
 
     # --- Loop --------------------------------------------------------------------------------
     history: list[tuple[int, Any]] = []  # device metrics not yet checked
+    embedded: list[tuple[np.ndarray, Any]] = []  # GRIT: (dataset indices, device embeddings)
     since_log: list[tuple[int, dict[str, float]]] = []  # checked, not yet logged
     final: dict[str, float] = {}
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
     with sharding.activate(mesh, rules):
         end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
-        batch = sharding.to_global(next(data_iter), mesh) if step < end else None
-        if batch is not None:
+        local = next(data_iter) if step < end else None
+        if local is not None:
+            batch = sharding.to_global(local, mesh)
             t_compile = time.perf_counter()
             compiled_step = train_step.lower(state, batch).compile()
             setup = setup_report.describe(
@@ -287,17 +318,28 @@ def train_and_evaluate(
                 print(f"model {config.model.kind}; " + setup_report.format_setup(setup))
             t_log = time.perf_counter()
         while step < end:
-            if batch is None:
-                batch = sharding.to_global(next(data_iter), mesh)
+            if local is None:
+                local = next(data_iter)
+                batch = sharding.to_global(local, mesh)
             state, metrics = compiled_step(state, batch)
-            batch = None
             step += 1
             pairs_since_log += config.batch_size
+            if sampler is not None:
+                embedded.append((local["index"], [metrics.pop(k) for k in grit.OUTPUTS]))
             history.append((step, metrics))
+            local = None
 
             log_now = step % config.log_every_steps == 0 or step == config.total_steps
             ckpt_now = ckpt.due(step) or step in (config.total_steps, end)
             eval_now = step % config.eval_every_steps == 0 or step == config.total_steps
+            epoch_end = sampler is not None and step % sampler.steps_per_epoch == 0
+            if sampler is not None and (log_now or ckpt_now or epoch_end):
+                for index, (v, t) in embedded:
+                    sampler.collect(grit.global_rows(index), grit.host_copy(v), grit.host_copy(t))
+                embedded = []
+            if epoch_end:
+                sampler.advance()  # the next epoch's batches are grouped by this epoch's pairs
+                data_iter = open_data()
             if not (log_now or ckpt_now or eval_now):
                 continue
             # Every step since the last check is inspected before a checkpoint can be written,
@@ -322,7 +364,7 @@ def train_and_evaluate(
                 progress.update(step, row["train/loss"], row["perf/pairs_per_sec"])
                 t_log, pairs_since_log, since_log = time.perf_counter(), 0, []
             if ckpt_now:
-                ckpt.save(step, state, data_iter)
+                ckpt.save(step, state, data_iter, None if sampler is None else sampler.state())
             if eval_now:
                 final = evaluator.run(state["params"])
                 writer.write(step, final)

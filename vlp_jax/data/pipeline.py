@@ -99,14 +99,34 @@ class TokenizeBatch(grain.transforms.Map):
         return batch
 
 
+class Reordered:
+    """A random-access source read in a given order (a GRIT epoch's grouped permutation)."""
+
+    def __init__(self, source, order: np.ndarray):
+        self.source = source
+        self.order = np.asarray(order, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.source[int(self.order[i])]
+
+
 def train_dataset(
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     *,
     process_index: int = 0,
     process_count: int = 1,
+    order: np.ndarray | None = None,
+    epoch: int = 0,
 ) -> grain.IterDataset:
-    """Infinite stream of this process's local batches (global batch / process count)."""
+    """Infinite stream of this process's local batches (global batch / process count).
+
+    With `order` (source indices, e.g. GRIT's grouped permutation for `epoch`), one pass over the
+    examples in exactly that order instead, augmented with a seed of their own for the epoch.
+    """
     if config.batch_size % process_count:
         raise ValueError(
             f"config.batch_size={config.batch_size} must divide by the {process_count} processes"
@@ -117,12 +137,14 @@ def train_dataset(
     # Augmentation is seeded by the example's global position and process p takes blocks
     # p, p+P, ... of `local` consecutive examples, so global batch k is the examples
     # [k*G, (k+1)*G) in order, whatever the number of processes.
+    if order is None:
+        ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(None)
+    else:
+        ds = grain.MapDataset.source(Reordered(source, order))
     ds = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=config.seed)
-        .repeat(None)
-        .random_map(
-            TrainAugment(data.image_size, data.crop_scale, data.hflip_prob), seed=config.seed
+        ds.random_map(
+            TrainAugment(data.image_size, data.crop_scale, data.hflip_prob),
+            seed=config.seed + 1_000_003 * epoch,
         )
         .batch(local, drop_remainder=True)[process_index::process_count]
         .map(TokenizeBatch(tokenizer, int(data.max_len)))

@@ -25,9 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
 from etils import epath
-from ml_collections import config_flags
 
 # Dense bf16 peak FLOP/s per device (chip for TPU, GPU for NVIDIA), from the vendors' data
 # sheets. Matched in order against the lower-cased `device_kind`.
@@ -226,35 +224,3 @@ def format_result(r: dict[str, Any]) -> str:
             "per process"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    from vlp_jax.distributed import initialize_distributed
-
-    initialize_distributed()
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
-    result = run_benchmark(
-        f.config,
-        f.workdir,
-        steps=f.steps,
-        warmup=f.warmup,
-        data_batches=f.data_batches,
-        peak_flops=f.peak_flops or None,
-    )
-    if jax.process_index() == 0:
-        print(format_result(result))
-        print(f"written to {f.workdir}/benchmark.json")
-
-
-if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for benchmark.json.")
-    flags.DEFINE_integer("steps", 20, "Timed train steps.")
-    flags.DEFINE_integer("warmup", 3, "Untimed steps before timing.")
-    flags.DEFINE_integer("data_batches", 10, "Batches to time the data pipeline on (0: skip).")
-    flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s per device (0: from the device kind).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)

@@ -1,0 +1,84 @@
+"""GRIT-VLP sampler: grouped epochs from collected embeddings, and a resumed run replays them."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.helpers import load_config
+from vlp_jax import grit, train
+
+
+def _collect_epoch(sampler: grit.GritSampler, rng: np.random.Generator, dim: int = 8) -> None:
+    """Embeddings in 4 tight clusters by dataset index, collected batch by batch."""
+    centres = rng.normal(size=(4, dim))
+    for b in sampler.order[: sampler.steps_per_epoch * sampler.batch_size].reshape(
+        -1, sampler.batch_size
+    ):
+        x = centres[b % 4] + 0.05 * rng.normal(size=(len(b), dim))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        sampler.collect(b, x, x)
+
+
+def test_epochs_are_permutations_and_grouped_batches_share_a_cluster():
+    sampler = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=0)
+    assert sampler.steps_per_epoch == 8
+    assert sorted(sampler.order) == list(range(70))
+    _collect_epoch(sampler, np.random.default_rng(0))
+    sampler.advance()
+    assert sampler.epoch == 1 and sorted(sampler.order) == list(range(70))
+    # 64 collected pairs = 2 search spaces of 32, whose chains make 8 batches of one cluster
+    # each (apart from where a chain steps from one cluster to the next).
+    batches = sampler.order[:64].reshape(-1, 8) % 4
+    pure = [len(set(b)) == 1 for b in batches]
+    assert sum(pure) >= 5, batches
+    random_batches = np.random.default_rng(1).permutation(70)[:64].reshape(-1, 8) % 4
+    assert sum(len(set(b)) == 1 for b in random_batches) == 0
+
+
+def test_sampler_state_round_trips_and_orders_are_deterministic():
+    a = grit.GritSampler(num_examples=64, batch_size=8, search_space=32, seed=3)
+    _collect_epoch(a, np.random.default_rng(1))
+    b = grit.GritSampler(num_examples=64, batch_size=8, search_space=32, seed=3)
+    b.load_state(a.state())
+    np.testing.assert_array_equal(a.next_order(), b.next_order())
+
+
+def test_search_space_must_split_into_batches():
+    with pytest.raises(ValueError, match="search_space=30 must be a multiple"):
+        grit.GritSampler(num_examples=64, batch_size=8, search_space=30, seed=0)
+
+
+def test_resumed_grit_run_replays_the_same_batches(tmp_path, monkeypatch):
+    """Stopping mid-epoch and resuming gives the batches (dataset indices) of an uninterrupted
+    run, in grouped epochs too."""
+    seen: dict[str, list] = {}
+    real_collect = grit.GritSampler.collect
+
+    def recording(self, index, image_emb, text_emb):
+        seen[self._run].append(np.asarray(index).copy())
+        return real_collect(self, index, image_emb, text_emb)
+
+    monkeypatch.setattr(grit.GritSampler, "collect", recording)
+    real_init = grit.GritSampler.__init__
+
+    def tagged_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._run = current[0]
+
+    monkeypatch.setattr(grit.GritSampler, "__init__", tagged_init)
+    config = load_config("grit_vlp", "tiny")  # 3 steps per epoch, 8 steps
+    current = ["whole"]
+    seen["whole"] = []
+    train.train_and_evaluate(config, str(tmp_path / "whole"))
+    current[0] = "resumed"
+    seen["resumed"] = []
+    train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=4)  # mid-epoch 1
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    whole, resumed = np.stack(seen["whole"]), np.stack(seen["resumed"])
+    assert whole.shape == (8, 16)
+    np.testing.assert_array_equal(resumed, whole)
+    # Each epoch (3 steps) covers all 48 pairs; epoch 1 is regrouped, not epoch 0 again.
+    assert sorted(whole[3:6].ravel()) == list(range(48))
+    assert not np.array_equal(whole[3:6], whole[0:3])
+    assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "4" / "sampler")

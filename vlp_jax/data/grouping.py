@@ -1,0 +1,130 @@
+"""GRIT-VLP's grouped mini-batch order (Byun et al., NeurIPS 2022), vectorised in JAX.
+
+Pairs whose embeddings are close are put in the same batch, so in-batch negatives are hard. The
+collected pairs are shuffled and cut into search spaces of M pairs; in each, a greedy chain visits
+every pair once, alternating modalities:
+
+    c_0 ~ U[0, M)
+    c_{n+1} = argmax_{k unused} ⟨v_{c_n}, t_k⟩   if n is even   (nearest text to the image)
+              argmax_{k unused} ⟨t_{c_n}, v_k⟩   if n is odd    (nearest image to the text)
+
+(GRIT's row-softmax with temperature τ > 0 does not change an argmax, so raw cosines are used.)
+Consecutive runs of the chain become batches, and the batches are shuffled. All search spaces
+advance together: each step of the chain is one masked argmax over a [spaces, M] block, inside
+a jitted `lax.fori_loop`, so the chain costs M tiny steps for the whole dataset rather than per
+search space. Similarities are built per chunk of search spaces to bound memory.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.jit
+def _chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
+    """image_emb, text_emb [S, M, d]; start [S] → chain [S, M] of positions within each space."""
+    spaces, m, _ = image_emb.shape
+    # Both directions as contiguous rows: a step gathers one row per search space.
+    i2t = jnp.einsum("smd,snd->smn", image_emb, text_emb, preferred_element_type=jnp.float32)
+    t2i = jnp.swapaxes(i2t, 1, 2)
+    rows = jnp.arange(spaces)
+    order = jnp.zeros((spaces, m), jnp.int32).at[:, 0].set(start)
+    used = jnp.zeros((spaces, m), jnp.bool_).at[rows, start].set(True)
+
+    def hop(sims, n, order, used, cur):
+        nxt = jnp.argmax(jnp.where(used, -jnp.inf, sims[rows, cur]), axis=1).astype(jnp.int32)
+        return order.at[:, n].set(nxt), used.at[rows, nxt].set(True), nxt
+
+    def two_hops(k, carry):
+        # Image → nearest unused text, then that text → nearest unused image.
+        order, used, cur = hop(i2t, 2 * k + 1, *carry)
+        return hop(t2i, 2 * k + 2, order, used, cur)
+
+    carry = jax.lax.fori_loop(0, (m - 1) // 2, two_hops, (order, used, start))
+    if (m - 1) % 2:  # M even: one image → text hop is left
+        carry = hop(i2t, m - 1, *carry)
+    return carry[0]
+
+
+def grouped_order(
+    image_emb: np.ndarray | jax.Array,
+    text_emb: np.ndarray | jax.Array,
+    *,
+    search_space: int,
+    seed: int,
+    group_size: int | None = None,
+    chunk_spaces: int = 64,
+) -> np.ndarray:
+    """A permutation of range(N) whose consecutive runs of `group_size` are grouped batches.
+
+    image_emb, text_emb [N, d] (L2-normalised; pair k is row k of both). N must be a multiple of
+    `search_space` (callers group the largest such prefix and append the rest in random order).
+    With `group_size` (a divisor of `search_space`), the batches are shuffled as GRIT does;
+    without it the chains are returned in search-space order.
+    """
+    # Host arrays: only one chunk of search spaces at a time goes to the device.
+    image_emb = np.asarray(image_emb, np.float32)
+    text_emb = np.asarray(text_emb, np.float32)
+    n, dim = image_emb.shape
+    if text_emb.shape != (n, dim):
+        raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} differ")
+    if n % search_space:
+        raise ValueError(f"{n} pairs are not a multiple of search_space={search_space}")
+    if group_size is not None and search_space % group_size:
+        raise ValueError(
+            f"search_space={search_space} is not a multiple of group_size={group_size}"
+        )
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(n)
+    spaces = n // search_space
+    starts = rng.integers(0, search_space, spaces)
+    chains = []
+    for lo in range(0, spaces, chunk_spaces):
+        hi = min(lo + chunk_spaces, spaces)
+        take = shuffled[lo * search_space : hi * search_space]
+        # Pad the last chunk (by repeating it) to the chunk size: one shape, one compilation.
+        width = chunk_spaces if spaces > chunk_spaces else spaces
+        idx = np.resize(take, width * search_space)
+        shape = (width, search_space, dim)
+        chain = _chains(
+            image_emb[idx].reshape(shape),
+            text_emb[idx].reshape(shape),
+            jnp.asarray(np.resize(starts[lo:hi], width), jnp.int32),
+        )
+        chain = np.asarray(chain)[: hi - lo]
+        offsets = (np.arange(hi - lo) * search_space)[:, None]
+        chains.append(take[(chain + offsets).reshape(-1)])
+    order = np.concatenate(chains)
+    if group_size is not None:
+        batches = order.reshape(-1, group_size)
+        order = batches[rng.permutation(len(batches))].reshape(-1)
+    return order.astype(np.int64)
+
+
+def reference_grouped_order(
+    image_emb: np.ndarray, text_emb: np.ndarray, *, search_space: int, seed: int
+) -> np.ndarray:
+    """The same chain as a plain Python loop per search space (as in GRIT-VLP's code); for tests
+    and the speed comparison. Returns the chains in search-space order (no batch shuffle)."""
+    n = len(image_emb)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(n)
+    spaces = n // search_space
+    starts = rng.integers(0, search_space, spaces)
+    out = []
+    for s in range(spaces):
+        idx = shuffled[s * search_space : (s + 1) * search_space]
+        i2t = np.asarray(image_emb[idx], np.float32) @ np.asarray(text_emb[idx], np.float32).T
+        used = np.zeros(search_space, bool)
+        cur = int(starts[s])
+        used[cur] = True
+        chain = [cur]
+        for step in range(search_space - 1):
+            scores = np.where(used, -np.inf, i2t[cur] if step % 2 == 0 else i2t[:, cur])
+            cur = int(np.argmax(scores))
+            used[cur] = True
+            chain.append(cur)
+        out.append(idx[np.asarray(chain)])
+    return np.concatenate(out).astype(np.int64)
