@@ -1,12 +1,14 @@
 """GRIT-VLP sampler: grouped epochs from collected embeddings, and a resumed run replays them."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
-from vlp_jax import grit, train
+from tests.helpers import ROOT, load_config, train_rows
+from vlp_jax import checkpoint, grit, train
 
 
 def _collect_epoch(sampler: grit.GritSampler, rng: np.random.Generator, dim: int = 8) -> None:
@@ -82,3 +84,35 @@ def test_resumed_grit_run_replays_the_same_batches(tmp_path, monkeypatch):
     assert sorted(whole[3:6].ravel()) == list(range(48))
     assert not np.array_equal(whole[3:6], whole[0:3])
     assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "4" / "sampler")
+
+
+def test_two_processes_group_like_one(tmp_path):
+    """2 processes × 4 devices: the same grouped epochs (global grouping) and the same losses as
+    1 process × 8 devices."""
+    one = str(tmp_path / "one")
+    train.train_and_evaluate(load_config("grit_vlp", "tiny"), one)
+    two = str(tmp_path / "two")
+    out = subprocess.run(
+        ["bash", "launch/local.sh", "2", "4", "--"]
+        + ["--config", "configs/grit_vlp.py:size=tiny", "--workdir", two],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]},
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    def sampler_state(workdir):
+        ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=4, keep=3)
+        state = ckpt.restore_sampler()
+        ckpt.close()
+        return state
+
+    a, b = sampler_state(one), sampler_state(two)
+    assert int(a["epoch"]) == int(b["epoch"]) == 2
+    np.testing.assert_array_equal(a["order"], b["order"])
+    np.testing.assert_array_equal(a["index"], b["index"])
+    ref, got = train_rows(one), train_rows(two)
+    for step in (2, 4, 6, 8):
+        np.testing.assert_allclose(got[step]["train/loss"], ref[step]["train/loss"], rtol=1e-5)
