@@ -16,7 +16,7 @@ from vlp_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = config_lib.parse_arg(arg, size="base")
     c = config_lib.base_config()
-    c.loss_weights = ml_collections.ConfigDict({"itc": 1.0, "itc_consistency": 0.0})
+    c.loss_weights.update(itm=0.0, mlm=0.0)  # a dual encoder has no fusion
     if args.size == "base":
         c.batch_size = 32_768
         c.total_steps = 12_000

@@ -206,3 +206,22 @@ def test_hardest_negative_similarity_skips_pairs_of_the_same_image():
     s[ids[:, None] == ids[None, :]] = -np.inf
     got = losses.hardest_negative_similarity(jnp.asarray(v), jnp.asarray(t), jnp.asarray(ids))
     np.testing.assert_allclose(got, s.max(axis=1).mean(), rtol=1e-6)
+
+
+def test_positive_ratio_cap_never_mines_a_candidate_as_similar_as_the_positive():
+    rng = np.random.default_rng(7)
+    v = _normalised(rng, 16, 8)
+    t = _normalised(rng, 16, 8)
+    t[5] = v[3]  # text 5 describes image 3 better than image 3's own caption
+    ids = np.arange(16)
+    v, t = jnp.asarray(v), jnp.asarray(t)
+    plain, _ = losses.itm_negatives(jax.random.key(0), v, t, ids, 0.07, mode="argmax")
+    capped, _ = losses.itm_negatives(
+        jax.random.key(0), v, t, ids, 0.07, mode="argmax", positive_ratio_cap=0.95
+    )
+    assert int(plain[3]) == 5 and int(capped[3]) != 5
+    sims = np.asarray(v @ t.T)
+    positive = np.diag(sims)
+    for row, col in enumerate(np.asarray(capped)):
+        if (sims[row] < 0.95 * positive[row]).sum() > 1:  # an admissible column exists
+            assert sims[row, col] < 0.95 * positive[row]

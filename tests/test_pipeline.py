@@ -63,3 +63,13 @@ def test_flip_keeps_captions_true():
     item = next(source[i] for i in range(100) if "left" in source[i]["caption"])
     out = aug.random_map(item, np.random.default_rng(0))
     assert "right" in out["caption"] and "left" not in out["caption"]
+
+
+def test_relation_flip_axis_reads_the_caption_after_augmentation():
+    from vlp_jax.data.pipeline import relation_flip_axis
+
+    assert relation_flip_axis("a red circle to the left of a blue square") == 1
+    assert relation_flip_axis("a red circle right of a blue square") == 1
+    assert relation_flip_axis("there is a red circle above a blue square") == 2
+    assert relation_flip_axis("a picture of a red circle") == 0
+    assert relation_flip_axis("a bright circle") == 0  # "right" only as a word

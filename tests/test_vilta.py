@@ -79,3 +79,26 @@ def test_albef_objective_adds_synthesised_negatives_with_either_teacher():
         )
         assert loss.shape == ()
         assert {"train/itm", "train/itm_synth_valid", "train/mlm"} <= set(metrics)
+
+
+def test_flip_negatives_replace_mined_images_only_for_relational_captions():
+    from tests.helpers import load_config
+    from vlp_jax import objectives, optim, train
+    from vlp_jax.data.synthetic import synthetic_batch
+    from vlp_jax.data.tokenizer import load_tokenizer
+    from vlp_jax.models import build_model
+
+    config = load_config("albef", "tiny")
+    config.itm.flip_negatives = 1.0
+    tokens = train.token_info(load_tokenizer(config.data.tokenizer))
+    model = build_model(config.model)
+    tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
+    params = train.nn.unbox(train.init_state_fn(model, tx, config)(jax.random.key(0))["params"])
+    batch = synthetic_batch(config, tokens.special_ids, tokens.vocab_size, np.random.default_rng(0))
+    objective = jax.jit(objectives.make_objective(model, config, tokens))
+    loss, metrics = objective(params, batch, jax.random.key(1))
+    assert np.isfinite(loss)
+    np.testing.assert_allclose(metrics["train/itm_flip_negatives"], np.mean(batch["flip_axis"] > 0))
+    batch["flip_axis"][:] = 0
+    _, metrics = objective(params, batch, jax.random.key(1))
+    assert float(metrics["train/itm_flip_negatives"]) == 0.0

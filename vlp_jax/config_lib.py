@@ -6,7 +6,10 @@ here are the public interface: `--config.<key>=value` overrides any of them.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -19,8 +22,8 @@ ITM_MODES = ("sample", "argmax")
 SYNTH_TEACHERS = ("fusion_mlm", "text_mlm")
 DATASETS = ("shapes",)
 OBJECTIVES = {
-    "albef": ("itc", "itc_consistency", "itm", "mlm"),
-    "dual_encoder": ("itc", "itc_consistency"),
+    "albef": ("itc", "itc_consistency", "hn_nce", "concepts", "itm", "mlm"),
+    "dual_encoder": ("itc", "itc_consistency", "hn_nce", "concepts"),
 }
 
 # Text tower sizes: (width, heads, mlp_dim, text_layers, fusion_layers).
@@ -63,6 +66,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`configs/x.py:arg` → that file's `get_config(arg)`, as `--config` would load it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or module_spec.loader is None or not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 def product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     """A grid sweep: `product(**{"optimizer.learning_rate": [1e-4, 3e-4], "seed": [0, 1]})` →
     four override dicts, for a config's `get_sweep` (see launch/sweep.py)."""
@@ -89,6 +103,7 @@ def model_config(
             "kind": kind,
             "embed_dim": embed_dim,
             "temperature_init": 0.07,
+            "num_concepts": 0,  # > 0: a concept-distillation head (DiHT; data.concept_targets)
             "dtype": dtype,
             "image": {
                 "variant": image_variant,
@@ -140,6 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
             "hflip_prob": 0.5,  # flips swap "left"/"right" in the caption too
             "read_threads": 2,
             "prefetch_batches": 4,
+            # DiHT: a directory written by `python -m vlp_jax.tools.concept_targets`; its teacher
+            # distributions join each training example as `concept_targets`.
+            "concept_targets": "",
         }
     )
     c.optimizer = ml_collections.ConfigDict(
@@ -156,12 +174,21 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.loss_weights = ml_collections.ConfigDict(
-        {"itc": 1.0, "itc_consistency": 0.0, "itm": 1.0, "mlm": 1.0}
+        {"itc": 1.0, "itc_consistency": 0.0, "hn_nce": 0.0, "concepts": 0.0, "itm": 1.0, "mlm": 1.0}
     )
+    # DiHT's HN-NCE (losses.hn_nce): α scales the positive in the denominator, β the importance
+    # weights of the negatives; α = 1, β = 0 is ITC.
+    c.hn_nce = ml_collections.ConfigDict({"alpha": 1.0, "beta": 0.5, "stop_grad_weights": False})
     c.itm = ml_collections.ConfigDict(
         {
             "mode": "sample",  # "argmax": GRIT-VLP's hardest negative
             "sample_temperature": 0.0,  # 0: ALBEF's, the learned ITC temperature
+            # > 0: never mine a candidate with cosine ≥ cap × the positive's (likely a false
+            # negative; losses.itm_negatives).
+            "positive_ratio_cap": 0.0,
+            # > 0: with this probability a caption naming a left/right (above/below) relation
+            # gets its own image mirrored as its negative image instead of the mined one.
+            "flip_negatives": 0.0,
             # ViLTA: one more negative per pair, its caption rewritten by the MLM head (vilta.py).
             "synth": {"enabled": False, "teacher": "fusion_mlm", "temperature": 1.0, "top_k": 0},
         }
@@ -315,6 +342,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             "config.grit.enabled needs config.grad_accum_steps=1: the sampler collects each "
             "step's embeddings of the whole batch"
+        )
+    if config.hn_nce.alpha < 0:
+        raise ValueError(f"config.hn_nce.alpha={config.hn_nce.alpha} must be >= 0")
+    concepts_on = bool(config.loss_weights.get("concepts", 0.0))
+    if concepts_on and not (config.model.num_concepts > 0 and config.data.concept_targets):
+        raise ValueError(
+            "config.loss_weights.concepts > 0 needs config.data.concept_targets (a directory from "
+            "`python -m vlp_jax.tools.concept_targets`) and config.model.num_concepts > 0"
         )
     if not 0.0 < config.mlm.mask_prob < 1.0:
         raise ValueError(f"config.mlm.mask_prob={config.mlm.mask_prob} must be in (0, 1)")

@@ -129,6 +129,79 @@ def itc_consistency(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.
     return on_batch_shards(_itc_consistency_local, (image_emb, text_emb), (temperature,))
 
 
+def _hn_nce_direction(logits, positive_col, alpha, beta, stop_grad_weights):
+    """Σ over local anchor rows of log Σ_j w_ij e^{s_ij} − s_ii, with log w in closed form."""
+    is_positive = jnp.arange(logits.shape[1])[None, :] == positive_col[:, None]
+    beta_logits = jnp.where(is_positive, -jnp.inf, beta * logits)
+    log_neg_weights = (
+        jnp.log(logits.shape[1] - 1.0)
+        + beta * logits
+        - jax.nn.logsumexp(beta_logits, axis=-1, keepdims=True)
+    )
+    if stop_grad_weights:
+        log_neg_weights = lax.stop_gradient(log_neg_weights)
+    log_weights = jnp.where(is_positive, jnp.log(alpha), log_neg_weights)
+    positive = jnp.take_along_axis(logits, positive_col[:, None], axis=-1)[:, 0]
+    return (jax.nn.logsumexp(logits + log_weights, axis=-1) - positive).sum()
+
+
+def _hn_nce_local(
+    image_emb, text_emb, temperature, *, axis: AxisName, alpha, beta, stop_grad_weights
+) -> jax.Array:
+    local = image_emb.shape[0]
+    all_text = _gather(text_emb, axis)
+    all_image = _gather(image_emb, axis)
+    positive_col = _row_offset(local, axis) + jnp.arange(local)
+    i2t = image_emb @ all_text.T / temperature
+    t2i = text_emb @ all_image.T / temperature
+    total = _hn_nce_direction(i2t, positive_col, alpha, beta, stop_grad_weights)
+    total += _hn_nce_direction(t2i, positive_col, alpha, beta, stop_grad_weights)
+    return _psum(total, axis) / (2 * all_text.shape[0])
+
+
+def hn_nce(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    temperature: jax.Array,
+    *,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    stop_grad_weights: bool = False,
+) -> jax.Array:
+    """DiHT's hard-negative NCE (Radenovic et al., CVPR 2023) over the global batch of k pairs.
+
+    With s_ij = v_i·t_j / τ, image→text (text→image is the same on sᵀ):
+
+        L_v2t = −1/k Σ_i log[ e^{s_ii} / (α e^{s_ii} + Σ_{j≠i} w_ij e^{s_ij}) ],
+        w_ij  = (k−1) e^{β s_ij} / Σ_{p≠i} e^{β s_ip}
+
+    and L = (L_v2t + L_t2v) / 2. The negatives' weights average 1, so α = 1, β = 0 is `itc`
+    exactly; β > 0 up-weights similar negatives (self-normalised importance sampling). Computed
+    as logsumexp_j(s_ij + log w_ij) − s_ii with log w in closed form: finite at τ = 0.01. Rows
+    are local, columns all-gathered, k the global batch. `stop_grad_weights` treats w as
+    constants (an ablation; DiHT's formula differentiates through them).
+    """
+    if alpha < 0:
+        raise ValueError(f"hn_nce alpha must be >= 0, got {alpha}")
+    local = functools.partial(
+        _hn_nce_local,
+        alpha=float(alpha),
+        beta=float(beta),
+        stop_grad_weights=bool(stop_grad_weights),
+    )
+    temperature = jnp.asarray(temperature, jnp.float32)
+    return on_batch_shards(local, (image_emb, text_emb), (temperature,))
+
+
+def soft_label_kl(target_probs: jax.Array, logits: jax.Array) -> jax.Array:
+    """Mean over rows of KL(p ‖ softmax(logits)) for teacher distributions p [B, C] (rows sum to
+    1): DiHT's concept-distillation term. Zero exactly when the student matches the teacher."""
+    p = target_probs.astype(jnp.float32)
+    log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    log_p = jnp.log(jnp.where(p > 0, p, 1.0))
+    return (p * (log_p - log_q)).sum(-1).mean()
+
+
 def hardest_negative_similarity(
     image_emb: jax.Array, text_emb: jax.Array, image_ids: jax.Array
 ) -> jax.Array:
@@ -155,7 +228,15 @@ def _pick_negatives(key_rows, logits, allowed, mode: str) -> tuple[jax.Array, ja
 
 
 def _itm_negatives_local(
-    image_emb, text_emb, image_ids, key_data, temperature, *, axis: AxisName, mode: str
+    image_emb,
+    text_emb,
+    image_ids,
+    key_data,
+    temperature,
+    *,
+    axis: AxisName,
+    mode: str,
+    positive_ratio_cap: float,
 ):
     local = image_emb.shape[0]
     all_text = _gather(text_emb, axis)
@@ -163,14 +244,23 @@ def _itm_negatives_local(
     all_ids = _gather(image_ids, axis)
     rows = _row_offset(local, axis) + jnp.arange(local)
     allowed = image_ids[:, None] != all_ids[None, :]
+    sims_i2t = image_emb @ all_text.T
+    sims_t2i = text_emb @ all_image.T
+    allowed_i2t = allowed_t2i = allowed
+    if positive_ratio_cap > 0:
+        # A candidate nearly as similar as the positive is more likely an unlabelled positive
+        # (a caption that is also true of the image) than a hard negative.
+        positive = jnp.sum(image_emb * text_emb, axis=-1, keepdims=True)
+        allowed_i2t = allowed & (sims_i2t < positive_ratio_cap * positive)
+        allowed_t2i = allowed & (sims_t2i < positive_ratio_cap * positive)
     # A per-row key folded from the global row index makes the draw independent of the mesh.
     base = jax.random.wrap_key_data(key_data)
     keys_i2t = jax.vmap(lambda r: jax.random.fold_in(base, 2 * r))(rows)
     keys_t2i = jax.vmap(lambda r: jax.random.fold_in(base, 2 * r + 1))(rows)
-    neg_text, ok_t = _pick_negatives(keys_i2t, image_emb @ all_text.T / temperature, allowed, mode)
-    neg_image, ok_i = _pick_negatives(keys_t2i, text_emb @ all_image.T / temperature, allowed, mode)
-    # A row whose every column shares its image id has no true negative: take the next column
-    # rather than an index drawn from an all -inf distribution.
+    neg_text, ok_t = _pick_negatives(keys_i2t, sims_i2t / temperature, allowed_i2t, mode)
+    neg_image, ok_i = _pick_negatives(keys_t2i, sims_t2i / temperature, allowed_t2i, mode)
+    # A row with no admissible column (all share its image id, or all pass the cap) has no
+    # negative: take the next column rather than an index drawn from an all -inf distribution.
     fallback = (rows + 1) % all_ids.shape[0]
     neg_text = jnp.where(ok_t, neg_text, fallback).astype(jnp.int32)
     neg_image = jnp.where(ok_i, neg_image, fallback).astype(jnp.int32)
@@ -185,18 +275,25 @@ def itm_negatives(
     temperature: jax.Array,
     *,
     mode: Literal["sample", "argmax"] = "sample",
+    positive_ratio_cap: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Global indices of a hard negative text per image and a hard negative image per text.
 
     Candidates are every pair of the global batch whose image id differs from the anchor's (so the
     positive and same-image duplicates are never picked). Weights are softmax(s / temperature) of
     the ITC similarities under stop-gradient. Returns (neg_text_idx, neg_image_idx), each [G].
+
+    `positive_ratio_cap` > 0 also drops candidates with cosine s_ij ≥ cap · s_ii (positive-aware
+    mining, as NV-Retriever's "TopK-PercPos"): when captions under-describe their images, the
+    most similar "negative" is often a true caption of the anchor.
     """
     if mode not in ("sample", "argmax"):
         raise ValueError(f"itm mode must be 'sample' or 'argmax', got {mode!r}")
     key_data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
     temperature = lax.stop_gradient(jnp.asarray(temperature, jnp.float32))
-    local = functools.partial(_itm_negatives_local, mode=mode)
+    local = functools.partial(
+        _itm_negatives_local, mode=mode, positive_ratio_cap=float(positive_ratio_cap)
+    )
     return on_batch_shards(
         local,
         (lax.stop_gradient(image_emb), lax.stop_gradient(text_emb), image_ids),

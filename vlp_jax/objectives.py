@@ -6,7 +6,9 @@ ALBEF (Li et al., 2021):  L = w_itc·L_itc + w_itm·L_itm + w_mlm·L_mlm
     plus, with `itm.synth.enabled`, G negatives synthesised by the language model (`vilta`),
   - L_mlm on a second, corrupted text pass through text + fusion layers with the image tokens.
 CLIP-style dual encoder:  L = w_itc·L_itc.
-Either may add GRIT-VLP's ITC consistency term, w_cons·L_cons (`losses.itc_consistency`).
+Either may add GRIT-VLP's ITC consistency term, w_cons·L_cons (`losses.itc_consistency`), DiHT's
+hard-negative NCE, w_hn·L_hn_nce (`losses.hn_nce`, in place of or beside ITC), and DiHT's concept
+distillation, w_c·KL(p_teacher ‖ softmax(concept_head(v))) on stored teacher targets (`concepts`).
 
 A weight of 0 removes the objective from the compiled step, so it costs nothing.
 """
@@ -43,13 +45,31 @@ def _total(weights: dict[str, float], parts: dict[str, jax.Array]) -> jax.Array:
     return sum(weights[k] * parts[k] for k in parts)
 
 
-def _contrastive_parts(weights, v, t, temperature) -> dict[str, jax.Array]:
+def _contrastive_parts(weights, v, t, temperature, config) -> dict[str, jax.Array]:
     parts = {}
     if "itc" in weights:
         parts["itc"] = losses.itc(v, t, temperature)
     if "itc_consistency" in weights:
         parts["itc_consistency"] = losses.itc_consistency(v, t, temperature)
+    if "hn_nce" in weights:
+        hn = config.hn_nce
+        parts["hn_nce"] = losses.hn_nce(
+            v,
+            t,
+            temperature,
+            alpha=hn.alpha,
+            beta=hn.beta,
+            stop_grad_weights=hn.stop_grad_weights,
+        )
     return parts
+
+
+def _image_parts(weights, model, variables, v, batch) -> dict[str, jax.Array]:
+    """Objectives on the image embedding alone (DiHT's concept distillation)."""
+    if "concepts" not in weights:
+        return {}
+    logits = model.apply(variables, v, method="concept_logits")
+    return {"concepts": losses.soft_label_kl(batch["concept_targets"], logits)}
 
 
 def make_objective(
@@ -92,7 +112,8 @@ def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict)
         v = model.apply(variables, img, method="embed_image")
         t = model.apply(variables, txt, method="embed_text")
         temperature = model.apply(variables, method="temperature")
-        parts = _contrastive_parts(weights, v, t, temperature)
+        parts = _contrastive_parts(weights, v, t, temperature, config)
+        parts.update(_image_parts(weights, model, variables, v, batch))
         metrics = {f"train/{k}": val for k, val in parts.items()}
         metrics["train/temperature"] = temperature
         metrics["train/hardest_negative_sim"] = losses.hardest_negative_similarity(
@@ -104,18 +125,36 @@ def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict)
     return objective
 
 
+def _with_flip_negatives(apply, batch, neg_images, prob, key, dropout_key, metrics):
+    """Relation negatives: for a caption that names a left/right (above/below) relation, its own
+    image mirrored horizontally (vertically) makes it false. With probability `prob` such a
+    mirrored image replaces the text's mined negative image."""
+    pixels, axis = batch["image"], batch["flip_axis"]
+    mirrored = jnp.where(
+        (axis == 1)[:, None, None, None],
+        pixels[:, :, ::-1],
+        jnp.where((axis == 2)[:, None, None, None], pixels[:, ::-1], pixels),
+    )
+    use = (axis > 0) & jax.random.bernoulli(key, prob, axis.shape)
+    tokens = apply(mirrored, train=True, method="encode_image", key=dropout_key)
+    metrics["train/itm_flip_negatives"] = use.mean()
+    return jnp.where(use[:, None, None], tokens, neg_images)
+
+
 def _albef_objective(
     model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
 ) -> Objective:
     weights = _weights(config)
     itm_mode = config.itm.mode
     itm_sample_temperature = float(config.itm.get("sample_temperature", 0.0))
+    itm_positive_ratio_cap = float(config.itm.get("positive_ratio_cap", 0.0))
     mask_prob = float(config.mlm.mask_prob)
     synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
+    flip_prob = float(config.itm.get("flip_negatives", 0.0))
 
     def objective(params, batch, rng):
         variables = {"params": params}
-        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth = jax.random.split(rng, 7)
+        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth, k_flip = jax.random.split(rng, 8)
         ids, mask = batch["input_ids"], batch["attention_mask"]
 
         def apply(*args, method, key=None, **kwargs):
@@ -137,7 +176,8 @@ def _albef_objective(
             "out/text_emb": t,
         }
 
-        parts.update(_contrastive_parts(weights, v, t, temperature))
+        parts.update(_contrastive_parts(weights, v, t, temperature, config))
+        parts.update(_image_parts(weights, model, variables, v, batch))
 
         mlm_logits = selected = None
         if "mlm" in weights:
@@ -158,13 +198,23 @@ def _albef_objective(
             # ALBEF samples with the ITC temperature; a fixed, larger one gives easier negatives.
             sample_temp = itm_sample_temperature or temperature
             neg_text, neg_image = losses.itm_negatives(
-                k_itm, v, t, batch["image_id"], sample_temp, mode=itm_mode
+                k_itm,
+                v,
+                t,
+                batch["image_id"],
+                sample_temp,
+                mode=itm_mode,
+                positive_ratio_cap=itm_positive_ratio_cap,
             )
             # Pairs: (text b, image b) positive; (text b, image neg_image[b]) and
             # (text neg_text[b], image b) negative: one fusion pass over 3G pairs.
             texts = [txt, txt, txt[neg_text]]
             masks = [mask, mask, mask[neg_text]]
             images = [img, img[neg_image], img]
+            if flip_prob > 0:
+                images[1] = _with_flip_negatives(
+                    apply, batch, images[1], flip_prob, k_flip, k_img, metrics
+                )
             g = ids.shape[0]
             neg_weights = jnp.ones(2 * g, jnp.float32)
             if synth is not None:

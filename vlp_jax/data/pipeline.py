@@ -8,6 +8,7 @@ shuffled stream, so the P local batches of one step, in process order, are the g
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grain
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from vlp_jax.data import shapes
+from vlp_jax.data import concepts, shapes
 from vlp_jax.data.tokenizer import Tokenizer
 
 # CLIP's normalisation, as ALBEF uses.
@@ -30,6 +31,17 @@ def make_source(data: ml_collections.ConfigDict, split: str, num_examples: int |
             split, num_examples=num_examples, image_size=int(data.source_image_size)
         )
     raise ValueError(f"config.data.name={data.name!r} is not accepted; use one of ['shapes']")
+
+
+def load_concept_targets(config: ml_collections.ConfigDict) -> concepts.ConceptTargets:
+    """`config.data.concept_targets`, checked against `config.model.num_concepts`."""
+    targets = concepts.ConceptTargets(config.data.concept_targets)
+    if targets.num_concepts != config.model.num_concepts:
+        raise ValueError(
+            f"config.model.num_concepts={config.model.num_concepts} but "
+            f"{config.data.concept_targets} holds {targets.num_concepts} concepts"
+        )
+    return targets
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -64,6 +76,20 @@ def random_resized_crop(
     return resize(image, size)
 
 
+_HORIZONTAL_WORDS = re.compile(r"\b(left|right)\b")
+_VERTICAL_WORDS = re.compile(r"\b(above|below)\b")
+
+
+def relation_flip_axis(caption: str) -> int:
+    """Which mirror image makes `caption` false: 1 horizontal (it says left/right), 2 vertical
+    (above/below), 0 none. Used for ITM's relation negatives (`itm.flip_negatives`)."""
+    if _HORIZONTAL_WORDS.search(caption):
+        return 1
+    if _VERTICAL_WORDS.search(caption):
+        return 2
+    return 0
+
+
 class TrainAugment(grain.transforms.RandomMap):
     """Random resized crop and a horizontal flip that also swaps "left"/"right" in the caption."""
 
@@ -82,6 +108,7 @@ class TrainAugment(grain.transforms.RandomMap):
             "caption": caption,
             "image_id": np.int32(element["image_id"]),
             "index": np.int32(element["index"]),
+            "flip_axis": np.int32(relation_flip_axis(caption)),
         }
 
 
@@ -149,6 +176,8 @@ def train_dataset(
         .batch(local, drop_remainder=True)[process_index::process_count]
         .map(TokenizeBatch(tokenizer, int(data.max_len)))
     )
+    if data.get("concept_targets"):
+        ds = ds.map(concepts.AttachConceptTargets(load_concept_targets(config)))
     read = grain.ReadOptions(
         num_threads=int(data.read_threads), prefetch_buffer_size=int(data.prefetch_batches)
     )

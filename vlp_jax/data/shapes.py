@@ -553,6 +553,53 @@ def write_vocabulary(path: str | Path = VOCAB_PATH) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# A classification view (DiHT's few-shot probe): one-object scenes labelled by one attribute.
+
+CLASS_ATTRIBUTES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES}
+_PROMPT_FRAMES: tuple[str, ...] = (
+    "{}",
+    "there is {}",
+    "a picture of {}",
+    "{} on a dark background",
+)
+
+
+def classification_view(
+    split: str, attribute: str, num_examples: int, *, image_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images [N, S, S, 3] of the split's first `num_examples` one-object scenes, their labels
+    (index of the object's `attribute` value) and the class names."""
+    _check_split(split)
+    if attribute not in CLASS_ATTRIBUTES:
+        raise ValueError(f"attribute={attribute!r}; accepted: {sorted(CLASS_ATTRIBUTES)}")
+    names = CLASS_ATTRIBUTES[attribute]
+    images, labels = [], []
+    image_id = 0
+    while len(images) < num_examples:
+        scene = generate_scene(split, image_id)
+        image_id += 1
+        if len(scene.objects) != 1:
+            continue
+        images.append(render(scene, image_size))
+        labels.append(names.index(getattr(scene.objects[0], attribute)))
+    return np.stack(images), np.asarray(labels, np.int32), names
+
+
+def class_prompts(attribute: str, name: str) -> list[str]:
+    """Zero-shot prompts for one class: every caption frame × every value of the other
+    attributes (e.g. colour "red": "a red circle", "there is a large red square", ...)."""
+    if attribute not in CLASS_ATTRIBUTES:
+        raise ValueError(f"attribute={attribute!r}; accepted: {sorted(CLASS_ATTRIBUTES)}")
+    prompts = []
+    for shape_name, color in itertools.product(SHAPES, COLORS):
+        if (shape_name if attribute == "shape" else color) != name:
+            continue
+        mention = Mention(shape=shape_name, color=color, size=None)
+        prompts += [frame.format(mention.text()) for frame in _PROMPT_FRAMES]
+    return prompts
+
+
 def _check_split(split: str) -> None:
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown shapes split {split!r}; expected one of {list(SPLITS)}")

@@ -28,4 +28,5 @@ def synthetic_batch(
         "input_ids": np.where(mask > 0, ids, 0).astype(np.int32),
         "attention_mask": mask,
         "image_id": (np.arange(b) // 2).astype(np.int32),
+        "flip_axis": rng.integers(0, 3, b).astype(np.int32),  # see pipeline.relation_flip_axis
     }

@@ -1,7 +1,8 @@
 """Vision-language models: ALBEF (ViT + BERT text/fusion towers) and a CLIP-style DualEncoder.
 
 Top-level parameter names: ``img``, ``txt``, ``fusion`` (ALBEF), ``img_proj``, ``txt_proj``,
-``itm_head`` (ALBEF), ``mlm_head`` (ALBEF), ``temperature``.
+``itm_head`` (ALBEF), ``mlm_head`` (ALBEF), ``temperature``, and ``concept_head`` when
+``model.num_concepts`` > 0 (DiHT's concept distillation).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class _TwoTowerBase(nn.Module):
             (),
             jnp.float32,
         )
+        if self.num_concepts:
+            # DiHT's concept-distillation head on the image embedding (dropped at export).
+            self.concept_head = dense(self.num_concepts, ("proj", "vocab"), **kw)
+
+    def concept_logits(self, image_emb: jax.Array) -> jax.Array:
+        """Normalised image embedding [B, E] -> concept logits [B, num_concepts]."""
+        return self.concept_head(image_emb)
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
         """images [B, H, W, 3] float -> tokens [B, 1+N, Dv]."""
@@ -63,13 +71,16 @@ class _TwoTowerBase(nn.Module):
     ) -> dict[str, jax.Array]:
         image_tokens = self.encode_image(images, train)
         text_hidden = self.encode_text(input_ids, attention_mask, train)
-        return {
+        out = {
             "image_tokens": image_tokens,
             "text_hidden": text_hidden,
             "image_embed": self.embed_image(image_tokens),
             "text_embed": self.embed_text(text_hidden),
             "temperature": self.temperature(),
         }
+        if self.num_concepts:
+            out["concept_logits"] = self.concept_logits(out["image_embed"])
+        return out
 
     def temperature(self) -> jax.Array:
         """The temperature clamped to [0.001, 0.5].
@@ -94,6 +105,7 @@ class ALBEF(_TwoTowerBase):
     fusion: BertFusionEncoder
     embed_dim: int = 256
     temperature_init: float = 0.07
+    num_concepts: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -163,6 +175,7 @@ class DualEncoder(_TwoTowerBase):
     txt: BertTextEncoder
     embed_dim: int = 256
     temperature_init: float = 0.07
+    num_concepts: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -236,7 +249,12 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         remat=bool(text.get("remat", False)),
         dtype=dtype,
     )
-    common = dict(embed_dim=config.embed_dim, temperature_init=config.temperature_init, dtype=dtype)
+    common = dict(
+        embed_dim=config.embed_dim,
+        temperature_init=config.temperature_init,
+        num_concepts=int(config.get("num_concepts", 0)),
+        dtype=dtype,
+    )
 
     if kind == "albef":
         txt = BertTextEncoder(

@@ -1,0 +1,1 @@
+"""Offline data tools, run as `python -m vlp_jax.tools.<name>` (CAT filtering, concept targets)."""
