@@ -12,7 +12,7 @@ then `--config.data.concept_targets=DIR --config.model.num_concepts=C
 
 `size=base` is ViT-B/16 + a 12-layer text tower at 224 px, batch 32,768 (OpenCLIP's B/16
 recipe; DiHT's own training hyperparameters are unpublished). `size=tiny` is configs/clip.py's
-demo towers on `shapes` for 1,200 steps of 64 (about 3 minutes on 2 CPU cores), the run README's
+demo towers on `shapes` for 1,200 steps of 64 (about 4 minutes on 2 CPU cores), the run README's
 β table compares with plain ITC; `size=test` is a micro model for tests.
 """
 

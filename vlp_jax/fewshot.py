@@ -13,7 +13,7 @@ picked on the same split).
 
 prints (and writes to `{workdir}/fewshot_{attribute}.json`) accuracy for k = 1, 2, 4, 8, 16
 examples per class against zero-shot and the plain probe, on `shapes`' one-object scenes labelled
-by colour or by shape (`--attribute`).
+by colour, shape or size (`--attribute`).
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "A training run's directory (its latest checkpoint).")
-    flags.DEFINE_enum("attribute", "color", ["color", "shape"], "What the classes are.")
+    flags.DEFINE_enum("attribute", "color", ["color", "shape", "size"], "What the classes are.")
     flags.DEFINE_integer("train_pool", 2000, "One-object scenes to draw the k shots from.")
     flags.DEFINE_integer("eval_size", 1000, "One-object scenes in validation and in test.")
     flags.mark_flags_as_required(["config", "workdir"])

@@ -556,7 +556,7 @@ def write_vocabulary(path: str | Path = VOCAB_PATH) -> Path:
 # ---------------------------------------------------------------------------------------------
 # A classification view (DiHT's few-shot probe): one-object scenes labelled by one attribute.
 
-CLASS_ATTRIBUTES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES}
+CLASS_ATTRIBUTES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES, "size": SIZES}
 _PROMPT_FRAMES: tuple[str, ...] = (
     "{}",
     "there is {}",
@@ -588,14 +588,15 @@ def classification_view(
 
 def class_prompts(attribute: str, name: str) -> list[str]:
     """Zero-shot prompts for one class: every caption frame × every value of the other
-    attributes (e.g. colour "red": "a red circle", "there is a large red square", ...)."""
+    attributes (e.g. colour "red": "a small red circle", "there is a large red square", ...)."""
     if attribute not in CLASS_ATTRIBUTES:
         raise ValueError(f"attribute={attribute!r}; accepted: {sorted(CLASS_ATTRIBUTES)}")
     prompts = []
-    for shape_name, color in itertools.product(SHAPES, COLORS):
-        if (shape_name if attribute == "shape" else color) != name:
+    for shape_name, color, size in itertools.product(SHAPES, COLORS, SIZES):
+        values = {"shape": shape_name, "color": color, "size": size}
+        if values[attribute] != name:
             continue
-        mention = Mention(shape=shape_name, color=color, size=None)
+        mention = Mention(shape=shape_name, color=color, size=size)
         prompts += [frame.format(mention.text()) for frame in _PROMPT_FRAMES]
     return prompts
 

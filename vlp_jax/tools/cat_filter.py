@@ -76,7 +76,9 @@ def text_overlap(ocr_text: str, caption: str) -> float:
 class CatFilter:
     """The three criteria with their models loaded once (one instance per worker process)."""
 
-    def __init__(self, spacy_model: str, thresholds: Thresholds, use_ocr: bool = True):
+    def __init__(
+        self, spacy_model: str, thresholds: Thresholds, use_ocr: bool = True, ocr_threads: int = 0
+    ):
         import spacy
 
         try:
@@ -91,7 +93,9 @@ class CatFilter:
         if use_ocr:
             from rapidocr_onnxruntime import RapidOCR
 
-            self.ocr = RapidOCR()
+            # One process per core scales; several onnxruntime thread pools per core do not.
+            threads = {"intra_op_num_threads": ocr_threads} if ocr_threads > 0 else {}
+            self.ocr = RapidOCR(**threads)
 
     def image_text(self, image: np.ndarray) -> str:
         result, _ = self.ocr(image)
@@ -122,9 +126,9 @@ class CatFilter:
 _worker: CatFilter | None = None
 
 
-def _init_worker(spacy_model: str, thresholds: Thresholds, use_ocr: bool) -> None:
+def _init_worker(spacy_model: str, thresholds: Thresholds, use_ocr: bool, threads: int) -> None:
     global _worker
-    _worker = CatFilter(spacy_model, thresholds, use_ocr)
+    _worker = CatFilter(spacy_model, thresholds, use_ocr, ocr_threads=threads)
 
 
 def _judge(job: tuple[str, dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
@@ -176,7 +180,7 @@ def run(
     done = progress["records"]
     records = itertools.islice(annotations.iter_records(input_path), done, max_records)
     jobs: Iterator[tuple[str, dict[str, Any]]] = ((image_root, rec) for _, rec in records)
-    init = (spacy_model, thresholds, use_ocr)
+    init = (spacy_model, thresholds, use_ocr, max(1, (os.cpu_count() or 1) // workers))
     pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, init)
     started = time.perf_counter()
     # Uncommitted bytes from an interrupted chunk are cut off, so every pair is written once.
