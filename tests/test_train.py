@@ -2,6 +2,9 @@
 
 import json
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -156,3 +159,78 @@ def test_two_processes_train_and_resume_like_one(uninterrupted, tmp_path):
     final = [r for r in read_metrics(workdir) if "eval/i2t_r1" in r][-1]
     for key in ("eval/i2t_r1", "eval/t2i_r1", "eval/hardneg_acc_itm"):
         np.testing.assert_allclose(final[key], ref_final[key], atol=1e-4, err_msg=key)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from absl import app
+from vlp_jax import checkpoint, main
+
+real_save = checkpoint.Checkpointer.save
+
+def save_then_die(self, step, *args, **kwargs):
+    real_save(self, step, *args, **kwargs)  # asynchronous: the write is still going on
+    if step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.Checkpointer.save = save_then_die
+sys.argv = ["vlp_jax.main", *sys.argv[1:]]
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_sigkilled_run_restarts_from_its_last_complete_checkpoint(uninterrupted, tmp_path):
+    """SIGKILL at a random step, during that step's checkpoint write; the same command then
+    resumes from the last complete checkpoint and ends with the uninterrupted run's metrics."""
+    ref_dir, ref_final = uninterrupted
+    workdir = str(tmp_path / "run")
+    args = ["--config", "configs/albef.py:tiny", "--workdir", workdir]
+    args.append("--config.checkpoint_every_steps=1")  # any step can be the one killed
+    kill_at = random.Random().randint(2, 5)
+    env = {**os.environ, "KILL_AT_STEP": str(kill_at)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-2000:])
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    complete = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert complete and complete[-1] in (kill_at - 1, kill_at), (kill_at, os.listdir(ckpt_dir))
+    # A later step whose write never finished (as Orbax names it until the final rename).
+    shutil.copytree(
+        os.path.join(ckpt_dir, str(complete[-1])),
+        os.path.join(ckpt_dir, "5.orbax-checkpoint-tmp-1234"),
+    )
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vlp_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, (kill_at, resumed.stderr[-2000:])
+    assert f"resumed from the checkpoint of step {complete[-1]}" in resumed.stdout
+    final = {r["step"]: r for r in read_metrics(workdir) if "eval/i2t_r1" in r}[6]
+    for key, value in ref_final.items():
+        np.testing.assert_allclose(final[key], value, rtol=1e-4, atol=1e-4, err_msg=(kill_at, key))
+
+
+def test_unwritable_or_full_workdir_fails_before_training(tmp_path, monkeypatch):
+    config = load_config("albef", "tiny")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(RuntimeError, match=r"workdir .*a_file/run' is not writable"):
+        train.train_and_evaluate(config, str(blocker / "run"))
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(
+        train.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10 * 2**20)
+    )
+    with pytest.raises(RuntimeError, match=r"has 10 MiB free; at least 64 MiB needed"):
+        train.train_and_evaluate(config, str(tmp_path / "full"))
+    assert os.listdir(tmp_path / "full") == []  # nothing written: no checkpoint, no metrics

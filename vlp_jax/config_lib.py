@@ -17,10 +17,18 @@ import ml_collections
 from vlp_jax import sharding
 
 MODEL_KINDS = ("albef", "dual_encoder")
+TEXT_ARCHS = ("bert", "clip")
+ACTIVATIONS = ("gelu", "quick_gelu")
 DTYPES = ("float32", "bfloat16")
 ITM_MODES = ("sample", "argmax")
 SYNTH_TEACHERS = ("fusion_mlm", "text_mlm")
-DATASETS = ("shapes",)
+DATASETS = ("shapes", "mixture")
+SOURCE_FORMATS = {  # a `mixture` entry's format → its required keys
+    "annotations": ("annotations", "images"),
+    "array_record": ("path",),
+    "tfds": ("name", "split"),
+}
+BAD_RECORD_POLICIES = ("raise", "skip")
 OBJECTIVES = {
     "albef": ("itc", "itc_consistency", "hn_nce", "concepts", "itm", "mlm"),
     "dual_encoder": ("itc", "itc_consistency", "hn_nce", "concepts"),
@@ -115,6 +123,10 @@ def model_config(
                 "mlp_ratio": 4.0,
                 "dropout": 0.0,
                 "remat": False,
+                # CLIP's ViT: a LayerNorm before the blocks, quick_gelu, LN eps 1e-5 (HF ViT 1e-12).
+                "pre_norm": False,
+                "act": "gelu",
+                "ln_eps": 1e-6,
             },
             "text": {
                 "vocab_size": vocab_size,
@@ -126,6 +138,10 @@ def model_config(
                 "max_len": max_len,
                 "dropout": 0.1,
                 "remat": False,
+                # "clip": CLIP's causal pre-LN tower pooled at EOS (model.kind="dual_encoder").
+                "arch": "bert",
+                "act": "gelu",
+                "ln_eps": 1e-12,
             },
         }
     )
@@ -158,6 +174,19 @@ def base_config() -> ml_collections.ConfigDict:
             # DiHT: a directory written by `python -m vlp_jax.tools.concept_targets`; its teacher
             # distributions join each training example as `concept_targets`.
             "concept_targets": "",
+            # data.name="mixture": real pairs from `train_sources` (name → an entry made by
+            # annotation_source / array_record_source / tfds_source, sampled by weight) and
+            # `eval_source` (one entry; retrieval with every caption of each image).
+            "train_sources": ml_collections.ConfigDict(),
+            "eval_source": ml_collections.ConfigDict(),
+            "clean_captions": True,  # ALBEF's pre_caption on real captions (not on shapes)
+            "max_words": 30,
+            # A malformed annotation record: "raise" (naming file:line) or "skip" (counted).
+            "on_bad_record": "raise",
+            # Missing/corrupt images are replaced by the next pair and counted (data/skipped);
+            # above this fraction of the examples drawn the run stops.
+            "max_skip_fraction": 0.01,
+            "decode_max_side": 0,  # > 0: JPEGs decode at a reduced size at least this large
         }
     )
     c.optimizer = ml_collections.ConfigDict(
@@ -204,7 +233,45 @@ def base_config() -> ml_collections.ConfigDict:
         {"split": "test", "batch_size": 200, "num_examples": 1_000, "itm_rerank_k": 0}
     )
     c.tensorboard = True
+    # Pretrained towers imported into a fresh run (never on resume): a local Hugging Face
+    # directory or a hub name; "" = random init. See vlp_jax/weights and
+    # `weights.model_config_from_hf` for a matching `config.model`.
+    c.init = ml_collections.ConfigDict({"text": "", "image": "", "clip": ""})
     return c
+
+
+def annotation_source(annotations: str, images: str, weight: float = 1.0) -> dict[str, Any]:
+    """A `data.train_sources` / `data.eval_source` entry: an ALBEF-style JSON (list or lines) of
+    records with `image` (relative to `images`), `caption` (string or list), `image_id`."""
+    return {"format": "annotations", "annotations": annotations, "images": images, "weight": weight}
+
+
+def array_record_source(path: str, weight: float = 1.0) -> dict[str, Any]:
+    """An entry for a directory packed by `python -m vlp_jax.tools.to_array_record`."""
+    return {"format": "array_record", "path": path, "weight": weight}
+
+
+def tfds_source(
+    name: str,
+    split: str,
+    *,
+    data_dir: str = "",
+    image_key: str = "image",
+    caption_key: str = "captions/text",
+    captions_per_example: int = 0,
+    weight: float = 1.0,
+) -> dict[str, Any]:
+    """An entry for a prepared TFDS dataset (e.g. `coco_captions`); see data/tfds_source.py."""
+    return {
+        "format": "tfds",
+        "name": name,
+        "split": split,
+        "data_dir": data_dir,
+        "image_key": image_key,
+        "caption_key": caption_key,
+        "captions_per_example": captions_per_example,
+        "weight": weight,
+    }
 
 
 def use_base_towers(
@@ -301,12 +368,88 @@ def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
             raise ValueError(f"config.{key}={value!r} must be a positive number")
 
 
+def _validate_towers(config: ml_collections.ConfigDict) -> None:
+    """The tower architecture options and `init`; `.get` keeps older configs valid."""
+    image, text = config.model.image, config.model.text
+    arch = text.get("arch", "bert")
+    _accepted("model.text.arch", arch, TEXT_ARCHS)
+    _accepted("model.text.act", text.get("act", "gelu"), ACTIVATIONS)
+    _accepted("model.image.act", image.get("act", "gelu"), ACTIVATIONS)
+    for key in ("image.ln_eps", "text.ln_eps"):
+        tower, field = key.split(".")
+        value = config.model[tower].get(field, 1e-6)
+        if not isinstance(value, int | float) or not 0 < value < 1:
+            raise ValueError(f"config.model.{key}={value!r} must be in (0, 1)")
+    if arch == "clip" and config.model.kind != "dual_encoder":
+        raise ValueError(
+            f"config.model.text.arch='clip' needs config.model.kind='dual_encoder' (ALBEF's "
+            f"fusion layers are BERT layers), got {config.model.kind!r}"
+        )
+    init = config.get("init") or {}
+    if init.get("clip") and (init.get("text") or init.get("image")):
+        raise ValueError(
+            "config.init.clip sets both towers; leave config.init.text and config.init.image empty"
+        )
+    if init.get("clip") and arch != "clip":
+        raise ValueError(
+            "config.init.clip needs config.model.text.arch='clip' (and a matching model config: "
+            "`config.model = weights.model_config_from_hf(config.model, clip=PATH)`)"
+        )
+    if init.get("text") and arch != "bert":
+        raise ValueError("config.init.text imports a BERT; it needs config.model.text.arch='bert'")
+
+
+def _validate_source(key: str, entry: Mapping[str, Any]) -> None:
+    fmt = entry.get("format")
+    if fmt not in SOURCE_FORMATS:
+        raise ValueError(
+            f"config.{key}.format={fmt!r} is not accepted; use one of {list(SOURCE_FORMATS)}"
+        )
+    for field in SOURCE_FORMATS[fmt]:
+        if not entry.get(field):
+            raise ValueError(f"config.{key}.{field} must be set for format {fmt!r}")
+    local_paths = {"annotations": ("annotations", "images"), "array_record": ("path",)}
+    for field in local_paths.get(fmt, ()):
+        if not os.path.exists(entry[field]):
+            raise ValueError(f"config.{key}.{field}={entry[field]!r} does not exist")
+    if entry.get("weight", 1.0) <= 0:
+        raise ValueError(f"config.{key}.weight={entry.get('weight')} must be > 0")
+
+
+def _validate_sources(config: ml_collections.ConfigDict) -> None:
+    data = config.data
+    if not data.train_sources:
+        raise ValueError(
+            "config.data.name='mixture' needs config.data.train_sources: name → an entry from "
+            "config_lib.annotation_source / array_record_source / tfds_source"
+        )
+    for name, entry in data.train_sources.items():
+        _validate_source(f"data.train_sources.{name}", entry)
+    if not data.eval_source:
+        raise ValueError("config.data.name='mixture' needs config.data.eval_source (one entry)")
+    _validate_source("data.eval_source", data.eval_source)
+    weights = {float(e.get("weight", 1.0)) for e in data.train_sources.values()}
+    if config.grit.enabled and len(weights) > 1:
+        raise ValueError(
+            "config.grit.enabled groups whole epochs of the concatenated train_sources, so their "
+            f"weights must be equal (got {sorted(weights)})"
+        )
+    if not 0.0 <= data.max_skip_fraction <= 1.0:
+        raise ValueError(
+            f"config.data.max_skip_fraction={data.max_skip_fraction} must be in [0, 1]"
+        )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key and what it accepts."""
     _accepted("model.kind", config.model.kind, MODEL_KINDS)
     _accepted("model.dtype", config.model.dtype, DTYPES)
     _accepted("itm.mode", config.itm.mode, ITM_MODES)
+    _validate_towers(config)
     _accepted("data.name", config.data.name, DATASETS)
+    _accepted("data.on_bad_record", config.data.on_bad_record, BAD_RECORD_POLICIES)
+    if config.data.name == "mixture":
+        _validate_sources(config)
     _accepted("itm.synth.teacher", config.itm.synth.teacher, SYNTH_TEACHERS)
     if (
         config.itm.synth.enabled

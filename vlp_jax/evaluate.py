@@ -7,8 +7,11 @@ the evaluation split; with `eval.itm_rerank_k = k > 0` the top-k candidates of e
 re-scored by the ITM head (reported as `eval/itm_*`). Images are grouped by image id, so a text
 query is right when it finds its image, and an image query when it finds any of its captions.
 
-Hard-negative accuracy: how often the true caption scores above its hard-negative twin (swapped
-attributes, changed relation or one changed attribute), by ITC similarity and by ITM score.
+Hard-negative accuracy (sources that have hard negatives, i.e. `shapes`): how often the true
+caption scores above its hard-negative twin (swapped attributes, changed relation or one changed
+attribute), by ITC similarity and by ITM score. On real evaluation sets (COCO/Flickr files in any
+source format) every caption of an image is a query and each image is decoded once; pairs whose
+image cannot be read are left out and counted (`eval/skipped_images`).
 """
 
 from __future__ import annotations
@@ -91,13 +94,14 @@ class Evaluator:
     def _fns(self) -> dict[str, Callable]:
         model = self.model
 
-        def images(params, x):
+        def images(params, pixels):
+            x = (pixels.astype(jnp.float32) - pipeline.MEAN) / pipeline.STD
             tokens = model.apply({"params": params}, x, method="encode_image")
             return tokens, model.apply({"params": params}, tokens, method="embed_image")
 
         def texts(params, ids, mask):
             hidden = model.apply({"params": params}, ids, mask, method="encode_text")
-            return hidden, model.apply({"params": params}, hidden, method="embed_text")
+            return hidden, model.apply({"params": params}, hidden, mask, method="embed_text")
 
         def itm(params, hidden, mask, tokens):
             fused = model.apply({"params": params}, hidden, mask, tokens, method="fuse")
@@ -109,56 +113,62 @@ class Evaluator:
     def run(self, params) -> dict[str, float]:
         d, fns = self.data, self._fns
         run = self._batched
-        img_tokens, v = run(functools.partial(fns["images"], params), d["image"])
+        # One row per distinct image; every caption points at its image's row.
+        img_tokens, v_img = run(functools.partial(fns["images"], params), d["image"])
         txt_hidden, t = run(
             functools.partial(fns["texts"], params), d["input_ids"], d["attention_mask"]
         )
-        neg_hidden, t_neg = run(
-            functools.partial(fns["texts"], params), d["neg_input_ids"], d["neg_attention_mask"]
-        )
-
-        # One row per distinct image; every caption points at its image.
-        ids = d["image_id"]
-        uniq, first, text_to_image = np.unique(ids, return_index=True, return_inverse=True)
-        v_img = v[first]
+        text_to_image = d["text_image"]
         scores = v_img @ t.T  # [images, texts]
-        caps_of = [np.where(text_to_image == i)[0] for i in range(len(uniq))]
+        by_image = np.argsort(text_to_image, kind="stable")
+        caps_of = np.split(by_image, np.cumsum(np.bincount(text_to_image))[:-1])
         i2t = recall_at_k(scores, caps_of)
         t2i = recall_at_k(scores.T, [np.array([i]) for i in text_to_image])
         metrics = {f"eval/i2t_r{k}": i2t[k] for k in RECALL_AT}
         metrics.update({f"eval/t2i_r{k}": t2i[k] for k in RECALL_AT})
         metrics["eval/r_mean"] = float(np.mean([*i2t.values(), *t2i.values()]))
-
-        kinds = d["hard_negative_kind"]
-        itc_right = np.sum(v * t, -1) > np.sum(v * t_neg, -1)
-        metrics["eval/hardneg_acc_itc"] = float(100.0 * itc_right.mean())
-        if not self.is_fusion:
-            return metrics
-
+        if int(d["skipped_images"]):
+            metrics["eval/skipped_images"] = float(d["skipped_images"])
         itm = functools.partial(fns["itm"], params)
-        (pos,) = run(itm, txt_hidden, d["attention_mask"], img_tokens)
-        (neg,) = run(itm, neg_hidden, d["neg_attention_mask"], img_tokens)
-        itm_right = pos > neg
-        metrics["eval/hardneg_acc_itm"] = float(100.0 * itm_right.mean())
-        for kind in np.unique(kinds):
-            sel = kinds == kind
-            metrics[f"eval/hardneg_acc_itm_{kind}"] = float(100.0 * itm_right[sel].mean())
-            metrics[f"eval/hardneg_acc_itc_{kind}"] = float(100.0 * itc_right[sel].mean())
-
-        k = int(self.config.eval.itm_rerank_k)
-        if k > 0:
+        if self.is_fusion and int(self.config.eval.itm_rerank_k) > 0:
             metrics.update(
                 self._rerank(
                     scores,
                     caps_of,
                     text_to_image,
-                    img_tokens[first],
+                    img_tokens,
                     txt_hidden,
                     d["attention_mask"],
                     itm,
-                    k,
+                    int(self.config.eval.itm_rerank_k),
                 )
             )
+        if "neg_input_ids" in d:
+            metrics.update(self._hard_negatives(params, d, v_img, t, img_tokens, txt_hidden, itm))
+        return metrics
+
+    def _hard_negatives(self, params, d, v_img, t, img_tokens, txt_hidden, itm) -> dict:
+        """How often each caption beats its hard-negative twin, by ITC and (ALBEF) by ITM."""
+        neg_hidden, t_neg = self._batched(
+            functools.partial(self._fns["texts"], params),
+            d["neg_input_ids"],
+            d["neg_attention_mask"],
+        )
+        v = v_img[d["text_image"]]
+        itc_right = np.sum(v * t, -1) > np.sum(v * t_neg, -1)
+        metrics = {"eval/hardneg_acc_itc": float(100.0 * itc_right.mean())}
+        if not self.is_fusion:
+            return metrics
+        tokens = img_tokens[d["text_image"]]
+        (pos,) = self._batched(itm, txt_hidden, d["attention_mask"], tokens)
+        (neg,) = self._batched(itm, neg_hidden, d["neg_attention_mask"], tokens)
+        itm_right = pos > neg
+        metrics["eval/hardneg_acc_itm"] = float(100.0 * itm_right.mean())
+        kinds = d["hard_negative_kind"]
+        for kind in np.unique(kinds):
+            sel = kinds == kind
+            metrics[f"eval/hardneg_acc_itm_{kind}"] = float(100.0 * itm_right[sel].mean())
+            metrics[f"eval/hardneg_acc_itc_{kind}"] = float(100.0 * itc_right[sel].mean())
         return metrics
 
     def _rerank(self, scores, caps_of, text_to_image, img_tokens, txt_hidden, mask, itm, k):

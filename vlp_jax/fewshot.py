@@ -196,6 +196,7 @@ def _embed_view(config, workdir, attribute: str, per_split: dict[str, int]):
         lambda p, ids, mask: model.apply(
             {"params": p},
             model.apply({"params": p}, ids, mask, method="encode_text"),
+            mask,
             method="embed_text",
         )
     )

@@ -110,7 +110,7 @@ def _dual_encoder_objective(model: nn.Module, config: ml_collections.ConfigDict)
             rngs={"dropout": k_txt},
         )
         v = model.apply(variables, img, method="embed_image")
-        t = model.apply(variables, txt, method="embed_text")
+        t = model.apply(variables, txt, batch["attention_mask"], method="embed_text")
         temperature = model.apply(variables, method="temperature")
         parts = _contrastive_parts(weights, v, t, temperature, config)
         parts.update(_image_parts(weights, model, variables, v, batch))
@@ -164,7 +164,7 @@ def _albef_objective(
         img = apply(batch["image"], train=True, method="encode_image", key=k_img)
         txt = apply(ids, mask, train=True, method="encode_text", key=k_txt)
         v = apply(img, method="embed_image")
-        t = apply(txt, method="embed_text")
+        t = apply(txt, mask, method="embed_text")
         temperature = apply(method="temperature")
         parts: dict[str, jax.Array] = {}
         metrics: dict[str, jax.Array] = {

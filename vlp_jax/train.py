@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from vlp_jax import (
     checkpoint,
@@ -24,6 +25,7 @@ from vlp_jax import (
     optim,
     setup_report,
     sharding,
+    weights,
 )
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -200,6 +202,40 @@ def first_nonfinite(history: list[tuple[int, dict[str, float]]]) -> str | None:
     return None
 
 
+class SkipCounter:
+    """Images the data sources passed over (missing/corrupt, `sources.DecodedPairs`), against
+    examples drawn; over all processes, checked against `data.max_skip_fraction`."""
+
+    def __init__(self, max_fraction: float) -> None:
+        self.max_fraction = max_fraction
+        self.pending = np.zeros(2, np.int64)  # (skipped, drawn) since the last report
+        self.total = np.zeros(2, np.int64)
+
+    def take(self, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Counts a local batch's skips and returns the batch without that field."""
+        skipped = local.pop("skipped", None)
+        if skipped is not None:
+            # Drawn = examples in the batch + the bad ones passed over to fill it.
+            self.pending += (int(np.sum(skipped)), len(skipped) + int(np.sum(skipped)))
+        return local
+
+    def report(self) -> float:
+        """Global skips since the last report; raises past the allowed fraction."""
+        pending = self.pending
+        if jax.process_count() > 1:
+            pending = np.asarray(multihost_utils.process_allgather(pending)).sum(0)
+        self.total += pending
+        self.pending = np.zeros(2, np.int64)
+        skipped, drawn = (int(x) for x in self.total)
+        if drawn and skipped / drawn > self.max_fraction:
+            raise RuntimeError(
+                f"{skipped} of {drawn} examples drawn ({100 * skipped / drawn:.1f}%) had a "
+                f"missing or undecodable image, more than config.data.max_skip_fraction="
+                f"{self.max_fraction}; the log names each bad file"
+            )
+        return float(pending[0])
+
+
 def _mean_metrics(history: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
     keys = history[-1][1].keys()
     return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
@@ -286,6 +322,8 @@ def train_and_evaluate(
         state = restored
         if is_main:
             print(f"resumed from the checkpoint of step {int(state['step'])} in {workdir}")
+    else:  # a fresh run: pretrained towers from config.init (a resumed run keeps its own)
+        state = weights.init_train_state(state, state_shardings, config, verbose=is_main)
     start_step = int(jax.device_get(state["step"]))
 
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
@@ -296,12 +334,13 @@ def train_and_evaluate(
     history: list[tuple[int, Any]] = []  # device metrics not yet checked
     embedded: list[tuple[np.ndarray, Any]] = []  # GRIT: (dataset indices, device embeddings)
     since_log: list[tuple[int, dict[str, float]]] = []  # checked, not yet logged
+    skips = SkipCounter(float(config.data.max_skip_fraction))
     final: dict[str, float] = {}
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
     with sharding.activate(mesh, rules):
         end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
-        local = next(data_iter) if step < end else None
+        local = skips.take(next(data_iter)) if step < end else None
         if local is not None:
             batch = sharding.to_global(local, mesh)
             t_compile = time.perf_counter()
@@ -319,7 +358,7 @@ def train_and_evaluate(
             t_log = time.perf_counter()
         while step < end:
             if local is None:
-                local = next(data_iter)
+                local = skips.take(next(data_iter))
                 batch = sharding.to_global(local, mesh)
             state, metrics = compiled_step(state, batch)
             step += 1
@@ -356,6 +395,7 @@ def train_and_evaluate(
             if log_now:
                 elapsed = time.perf_counter() - t_log
                 row = _mean_metrics(since_log)
+                row["data/skipped"] = skips.report()
                 row["perf/pairs_per_sec"] = pairs_since_log / elapsed
                 row["perf/pairs_per_sec_per_device"] = (
                     row["perf/pairs_per_sec"] / jax.device_count()

@@ -3,7 +3,9 @@
 Each record is an object with `image` (a path relative to an image root), `caption` (a string or
 a list of strings) and optionally `image_id`. `iter_records` yields (line, record) with the
 1-based line where the record starts, reading a few MiB at a time, so a file of millions of
-records streams in constant memory; malformed input raises `AnnotationError` naming file:line.
+records streams in constant memory; malformed input raises `AnnotationError` naming file:line,
+or with `on_error="skip"` yields (line, None) for a malformed record and goes on (a JSON list
+whose syntax is broken cannot be resynchronised and always raises).
 """
 
 from __future__ import annotations
@@ -29,16 +31,32 @@ def _first_char(path: str) -> str:
     return ""
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) for every record of a JSON-list or JSON-lines annotation file."""
+def iter_records(
+    path: str | os.PathLike, on_error: str = "raise"
+) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(line, record) for every record of a JSON-list or JSON-lines annotation file; with
+    `on_error="skip"`, (line, None) for each malformed record instead of raising."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r}; use 'raise' or 'skip'")
     path = os.fspath(path)
-    if _first_char(path) == "[":
-        yield from _iter_json_array(path)
-    else:
-        yield from _iter_json_lines(path)
+    records = _iter_json_array(path) if _first_char(path) == "[" else _iter_json_lines(path)
+    for line, record in records:
+        try:
+            yield line, _check_record(record, path, line)
+        except AnnotationError:
+            if on_error == "raise":
+                raise
+            yield line, None
 
 
-def _iter_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+class _InvalidLine:
+    """A JSON-lines line that does not parse, carried to `_check_record` to raise or skip."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _iter_json_lines(path: str) -> Iterator[tuple[int, Any]]:
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -46,11 +64,11 @@ def _iter_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise AnnotationError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            yield line_no, _check_record(record, path, line_no)
+                record = _InvalidLine(f"invalid JSON ({e.msg})")
+            yield line_no, record
 
 
-def _iter_json_array(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json_array(path: str) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
         buf, pos, line, eof = "", 0, 1, False
@@ -102,10 +120,12 @@ def _iter_json_array(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             line += buf.count("\n", pos, end)
             pos = end
             expect_record = False
-            yield start_line, _check_record(record, path, start_line)
+            yield start_line, record
 
 
 def _check_record(record: Any, path: str, line: int) -> dict[str, Any]:
+    if isinstance(record, _InvalidLine):
+        raise AnnotationError(f"{path}:{line}: {record.message}")
     if not isinstance(record, dict):
         raise AnnotationError(f"{path}:{line}: a record must be a JSON object, got {record!r:.60}")
     for key in ("image", "caption"):

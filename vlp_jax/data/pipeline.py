@@ -9,6 +9,7 @@ shuffled stream, so the P local batches of one step, in process order, are the g
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from vlp_jax.data import concepts, shapes
+from vlp_jax.data import concepts, shapes, sources
 from vlp_jax.data.tokenizer import Tokenizer
 
 # CLIP's normalisation, as ALBEF uses.
@@ -24,13 +25,63 @@ MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255.0
 STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255.0
 
 
+def raw_source(entry: Mapping[str, Any], data: ml_collections.ConfigDict):
+    """The raw (still encoded) pairs of one `data.train_sources` / `data.eval_source` entry."""
+    fmt = entry["format"]
+    if fmt == "annotations":
+        return sources.AnnotationPairs(
+            entry["annotations"], entry["images"], on_bad_record=data.on_bad_record
+        )
+    if fmt == "array_record":
+        from vlp_jax.data.array_record import ArrayRecordPairs
+
+        return ArrayRecordPairs(entry["path"])
+    if fmt == "tfds":
+        from vlp_jax.data.tfds_source import TfdsPairs
+
+        return TfdsPairs(
+            entry["name"],
+            entry["split"],
+            data_dir=entry.get("data_dir") or None,
+            image_key=entry.get("image_key", "image"),
+            caption_key=entry.get("caption_key", "captions/text"),
+            captions_per_example=int(entry.get("captions_per_example", 0)),
+        )
+    raise ValueError(f"source format {fmt!r} is not one of ['annotations', 'array_record', 'tfds']")
+
+
+def decoded(raw, data: ml_collections.ConfigDict) -> sources.DecodedPairs:
+    return sources.DecodedPairs(
+        raw,
+        clean_captions=bool(data.clean_captions),
+        max_words=int(data.max_words),
+        decode_max_side=int(data.decode_max_side),
+    )
+
+
+def train_parts(data: ml_collections.ConfigDict) -> list[tuple[Any, float]]:
+    """(decoded source, weight) per `data.train_sources` entry (by name), in one index space."""
+    names = sorted(data.train_sources)
+    entries = [data.train_sources[n] for n in names]
+    parts = sources.shifted_parts([decoded(raw_source(e, data), data) for e in entries])
+    return [(p, float(e.get("weight", 1.0))) for p, e in zip(parts, entries)]
+
+
 def make_source(data: ml_collections.ConfigDict, split: str, num_examples: int | None = None):
-    """The random-access source named by `config.data.name` for one split."""
+    """The random-access source named by `config.data.name` for one split (for `mixture`: the
+    decoded train sources concatenated, or the raw eval source)."""
     if data.name == "shapes":
         return shapes.ShapesSource(
             split, num_examples=num_examples, image_size=int(data.source_image_size)
         )
-    raise ValueError(f"config.data.name={data.name!r} is not accepted; use one of ['shapes']")
+    if data.name == "mixture":
+        if split == "train":
+            parts = [p for p, _ in train_parts(data)]
+            return parts[0] if len(parts) == 1 else sources.Concatenated(parts)
+        return raw_source(data.eval_source, data)
+    raise ValueError(
+        f"config.data.name={data.name!r} is not accepted; use one of ['shapes', 'mixture']"
+    )
 
 
 def load_concept_targets(config: ml_collections.ConfigDict) -> concepts.ConceptTargets:
@@ -109,6 +160,7 @@ class TrainAugment(grain.transforms.RandomMap):
             "image_id": np.int32(element["image_id"]),
             "index": np.int32(element["index"]),
             "flip_axis": np.int32(relation_flip_axis(caption)),
+            "skipped": np.int32(element.get("skipped", 0)),
         }
 
 
@@ -159,14 +211,24 @@ def train_dataset(
             f"config.batch_size={config.batch_size} must divide by the {process_count} processes"
         )
     data = config.data
-    source = make_source(data, "train", int(data.train_examples))
     local = config.batch_size // process_count
     # Augmentation is seeded by the example's global position and process p takes blocks
     # p, p+P, ... of `local` consecutive examples, so global batch k is the examples
     # [k*G, (k+1)*G) in order, whatever the number of processes.
-    if order is None:
+    if order is None and data.name == "mixture" and len(data.train_sources) > 1:
+        parts = train_parts(data)
+        ds = grain.MapDataset.mix(
+            [
+                grain.MapDataset.source(p).shuffle(seed=config.seed + k).repeat(None)
+                for k, (p, _) in enumerate(parts)
+            ],
+            [w for _, w in parts],
+        )
+    elif order is None:
+        source = make_source(data, "train", int(data.train_examples))
         ds = grain.MapDataset.source(source).shuffle(seed=config.seed).repeat(None)
     else:
+        source = make_source(data, "train", int(data.train_examples))
         ds = grain.MapDataset.source(Reordered(source, order))
     ds = (
         ds.random_map(
@@ -184,26 +246,51 @@ def train_dataset(
     return ds.to_iter_dataset(read)
 
 
+def eval_pairs(config: ml_collections.ConfigDict, split: str) -> tuple[list[dict], int]:
+    """The evaluation pairs (image decoded, caption cleaned) and how many were left out because
+    their image is missing or corrupt (evaluation never substitutes another image)."""
+    data = config.data
+    source = make_source(data, split, int(config.eval.num_examples))
+    n = min(len(source), int(config.eval.num_examples))
+    if data.name == "shapes":
+        return [source[i] for i in range(n)], 0
+    decoder = decoded(source, data)
+    items, bad = [], 0
+    for i in range(n):
+        raw = source[i]
+        image = decoder.decode(raw)
+        if image is None:
+            bad += 1
+            continue
+        items.append({**raw, "image": image, "caption": decoder.caption(raw["caption"])})
+    if not items:
+        raise ValueError(f"no evaluation pair of {data.eval_source} has a readable image")
+    return items, bad
+
+
 def eval_arrays(
     config: ml_collections.ConfigDict, tokenizer: Tokenizer, split: str | None = None
 ) -> dict[str, np.ndarray]:
-    """The whole evaluation split as numpy arrays: images resized (no augmentation), captions and
-    their hard-negative twins tokenised, image ids."""
-    split = split or config.eval.split
-    source = make_source(config.data, split, int(config.eval.num_examples))
-    n = min(len(source), int(config.eval.num_examples))
-    items = [source[i] for i in range(n)]
-    images = np.stack([normalize(resize(x["image"], config.data.image_size)) for x in items])
-    ids, mask = tokenizer.encode([x["caption"] for x in items], int(config.data.max_len))
-    neg_ids, neg_mask = tokenizer.encode(
-        [x["hard_negative"] for x in items], int(config.data.max_len)
-    )
-    return {
-        "image": images,
-        "input_ids": ids,
+    """The evaluation split as numpy arrays: each distinct image once (resized, uint8; normalised
+    on device), every caption tokenised with `text_image` (its image's row), image ids, and
+    where the source has them (`shapes`), the captions' hard-negative twins."""
+    items, bad = eval_pairs(config, split or config.eval.split)
+    ids = np.asarray([x["image_id"] for x in items], np.int64)
+    _, first, text_image = np.unique(ids, return_index=True, return_inverse=True)
+    size = int(config.data.image_size)
+    max_len = int(config.data.max_len)
+    input_ids, mask = tokenizer.encode([x["caption"] for x in items], max_len)
+    out = {
+        "image": np.stack([resize(items[i]["image"], size) for i in first]),
+        "text_image": text_image.astype(np.int64),
+        "input_ids": input_ids,
         "attention_mask": mask,
-        "neg_input_ids": neg_ids,
-        "neg_attention_mask": neg_mask,
-        "image_id": np.asarray([x["image_id"] for x in items], np.int64),
-        "hard_negative_kind": np.asarray([x["hard_negative_kind"] for x in items]),
+        "image_id": ids,
+        "skipped_images": np.int64(bad),
     }
+    if "hard_negative" in items[0]:
+        out["neg_input_ids"], out["neg_attention_mask"] = tokenizer.encode(
+            [x["hard_negative"] for x in items], max_len
+        )
+        out["hard_negative_kind"] = np.asarray([x["hard_negative_kind"] for x in items])
+    return out

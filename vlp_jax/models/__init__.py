@@ -7,6 +7,7 @@ from vlp_jax.models.bert import (
     BertMLMHead,
     BertTextEncoder,
 )
+from vlp_jax.models.clip_text import ClipTextEncoder
 from vlp_jax.models.layers import (
     ACTIVATION_AXES,
     PARAM_AXES,
@@ -41,6 +42,7 @@ __all__ = [
     "BertLayer",
     "BertMLMHead",
     "BertTextEncoder",
+    "ClipTextEncoder",
     "DualEncoder",
     "HeadsOutput",
     "HeadsProjection",

@@ -16,6 +16,7 @@ from vlp_jax.models.layers import (
     Dtype,
     Mlp,
     MultiHeadAttention,
+    activation,
     boxed,
     constrain,
     dense,
@@ -36,6 +37,7 @@ class BertEmbeddings(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    ln_eps: float = BERT_LN_EPS
 
     def setup(self) -> None:
         def embed(num: int, axes: tuple[str | None, str]) -> nn.Embed:
@@ -51,7 +53,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = embed(self.max_len, ("pos", "embed"))
         # Two rows only: never worth sharding, hence no logical name on that axis.
         self.token_type_embeddings = embed(self.type_vocab_size, (None, "embed"))
-        self.norm = layer_norm(BERT_LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.norm = layer_norm(self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype)
         self.drop = nn.Dropout(self.dropout)
 
     def __call__(
@@ -88,6 +90,8 @@ class BertLayer(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: str = "gelu"
+    ln_eps: float = BERT_LN_EPS
 
     @nn.compact
     def __call__(
@@ -104,7 +108,7 @@ class BertLayer(nn.Module):
         h = MultiHeadAttention(
             self.num_heads, self.width, dropout=self.dropout, name="attention", **kw
         )(x, x, mask, train)
-        x = layer_norm(BERT_LN_EPS, name="attention_norm", **kw)(
+        x = layer_norm(self.ln_eps, name="attention_norm", **kw)(
             x + drop(h, deterministic=not train)
         )
 
@@ -120,13 +124,13 @@ class BertLayer(nn.Module):
             h = MultiHeadAttention(
                 self.num_heads, self.width, dropout=self.dropout, name="crossattention", **kw
             )(x, encoder_hidden.astype(self.dtype), None, train)
-            x = layer_norm(BERT_LN_EPS, name="crossattention_norm", **kw)(
+            x = layer_norm(self.ln_eps, name="crossattention_norm", **kw)(
                 x + drop(h, deterministic=not train)
             )
 
         # HF BERT has no dropout inside the FFN, only on its output.
-        h = Mlp(self.mlp_dim, dropout=0.0, name="mlp", **kw)(x, train)
-        x = layer_norm(BERT_LN_EPS, name="mlp_norm", **kw)(x + drop(h, deterministic=not train))
+        h = Mlp(self.mlp_dim, dropout=0.0, act=self.act, name="mlp", **kw)(x, train)
+        x = layer_norm(self.ln_eps, name="mlp_norm", **kw)(x + drop(h, deterministic=not train))
         return constrain(x)
 
 
@@ -149,6 +153,8 @@ class BertTextEncoder(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: str = "gelu"
+    ln_eps: float = BERT_LN_EPS
 
     def setup(self) -> None:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -158,11 +164,20 @@ class BertTextEncoder(nn.Module):
             self.max_len,
             self.type_vocab_size,
             dropout=self.dropout,
+            ln_eps=self.ln_eps,
             **kw,
         )
         layer_cls = _layer_cls(self.remat)
         self.layers = [
-            layer_cls(self.width, self.num_heads, self.mlp_dim, dropout=self.dropout, **kw)
+            layer_cls(
+                self.width,
+                self.num_heads,
+                self.mlp_dim,
+                dropout=self.dropout,
+                act=self.act,
+                ln_eps=self.ln_eps,
+                **kw,
+            )
             for _ in range(self.num_layers)
         ]
 
@@ -192,6 +207,8 @@ class BertFusionEncoder(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: str = "gelu"
+    ln_eps: float = BERT_LN_EPS
 
     def setup(self) -> None:
         layer_cls = _layer_cls(self.remat)
@@ -205,6 +222,8 @@ class BertFusionEncoder(nn.Module):
                 dropout=self.dropout,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                act=self.act,
+                ln_eps=self.ln_eps,
             )
             for _ in range(self.num_layers)
         ]
@@ -230,6 +249,8 @@ class BertMLMHead(nn.Module):
     vocab_size: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: str = "gelu"
+    ln_eps: float = BERT_LN_EPS
 
     @nn.compact
     def __call__(self, hidden: jax.Array, word_table: jax.Array) -> jax.Array:
@@ -238,8 +259,9 @@ class BertMLMHead(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         # Square kernel: Flax forbids a logical name twice in one spec, so the output is unnamed.
         h = dense(width, ("embed", None), name="dense", **kw)(hidden)
-        h = nn.gelu(h, approximate=False)
-        h = layer_norm(BERT_LN_EPS, name="norm", **kw)(h)
+        # HF's `transform_act_fn` is the encoder's `hidden_act`.
+        h = activation(self.act)(h)
+        h = layer_norm(self.ln_eps, name="norm", **kw)(h)
         bias = self.param(
             "bias", boxed(nn.initializers.zeros, ("vocab",)), (self.vocab_size,), self.param_dtype
         )

@@ -215,11 +215,35 @@ class MultiHeadAttention(nn.Module):
         return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's sigmoid approximation of GELU (HF "quick_gelu")."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """erf GELU, as in timm and HF "gelu"."""
+    return nn.gelu(x, approximate=False)
+
+
+# Config value (`model.{image,text}.act`, named as in HF's `hidden_act`) -> activation.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": exact_gelu,
+    "quick_gelu": quick_gelu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 class Mlp(nn.Module):
-    """Two-layer feed-forward block with exact (erf) GELU, as in timm and HF "gelu"."""
+    """Two-layer feed-forward block; exact (erf) GELU by default, as in timm and HF "gelu"."""
 
     hidden_dim: int
     dropout: float = 0.0
+    act: str = "gelu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = DEFAULT_INIT
@@ -229,6 +253,6 @@ class Mlp(nn.Module):
         width = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
         h = dense(self.hidden_dim, ("embed", "mlp"), name="fc1", **kw)(x)
-        h = nn.gelu(h, approximate=False)
+        h = activation(self.act)(h)
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         return dense(width, ("mlp", "embed"), name="fc2", **kw)(h)

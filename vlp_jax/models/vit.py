@@ -35,30 +35,42 @@ VIT_LN_EPS = 1e-6
 
 
 class ViTBlock(nn.Module):
-    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    Also CLIP's text block, which passes a causal ``mask`` [B, 1, L, L] (True = attend).
+    """
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: str = "gelu"
+    ln_eps: float = VIT_LN_EPS
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+    ) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layer_norm(VIT_LN_EPS, name="norm1", **kw)(x)
+        h = layer_norm(self.ln_eps, name="norm1", **kw)(x)
         h = MultiHeadAttention(
             self.num_heads, x.shape[-1], dropout=self.dropout, name="attn", **kw
-        )(h, h, None, train)
+        )(h, h, mask, train)
         x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = layer_norm(VIT_LN_EPS, name="norm2", **kw)(x)
-        h = Mlp(self.mlp_dim, dropout=self.dropout, name="mlp", **kw)(h, train)
+        h = layer_norm(self.ln_eps, name="norm2", **kw)(x)
+        h = Mlp(self.mlp_dim, dropout=self.dropout, act=self.act, name="mlp", **kw)(h, train)
         x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
         return constrain(x)
 
 
 class ViT(nn.Module):
-    """Images [B, H, W, 3] -> tokens [B, 1+N, width] (CLS first, final LayerNorm on all)."""
+    """Images [B, H, W, 3] -> tokens [B, 1+N, width] (CLS first, final LayerNorm on all).
+
+    ``pre_norm`` adds CLIP's LayerNorm (``pre_norm``) between the embeddings and the blocks;
+    ``act`` and ``ln_eps`` are the MLP activation and every LayerNorm's epsilon (HF ViT: 1e-12,
+    CLIP: quick_gelu and 1e-5). CLIP's post-LN on CLS alone equals our final norm's CLS row.
+    """
 
     width: int
     depth: int
@@ -70,6 +82,9 @@ class ViT(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: bool = False
     dropout: float = 0.0
+    pre_norm: bool = False
+    act: str = "gelu"
+    ln_eps: float = VIT_LN_EPS
 
     @property
     def grid_size(self) -> int:
@@ -115,6 +130,9 @@ class ViT(nn.Module):
         cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.width))
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.pre_norm:
+            x = layer_norm(self.ln_eps, name="pre_norm", **kw)(x)
         x = constrain(x)
 
         # static_argnums counts `self`, so 2 is `train`.
@@ -125,13 +143,12 @@ class ViT(nn.Module):
                 self.num_heads,
                 mlp_dim,
                 dropout=self.dropout,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                act=self.act,
+                ln_eps=self.ln_eps,
                 name=f"blocks_{i}",
+                **kw,
             )(x, train)
-        return layer_norm(VIT_LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(
-            x
-        )
+        return layer_norm(self.ln_eps, name="norm", **kw)(x)
 
 
 def interpolate_pos_embed(pos_embed: jax.Array, new_grid: int, num_prefix: int = 1) -> jax.Array:

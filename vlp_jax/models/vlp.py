@@ -14,15 +14,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlp_jax.models.bert import BertFusionEncoder, BertMLMHead, BertTextEncoder
+from vlp_jax.models.bert import BERT_LN_EPS, BertFusionEncoder, BertMLMHead, BertTextEncoder
+from vlp_jax.models.clip_text import ClipTextEncoder, eos_pool
 from vlp_jax.models.layers import Dtype, boxed, dense, l2_normalize
-from vlp_jax.models.vit import VIT_VARIANTS, ViT
+from vlp_jax.models.vit import VIT_LN_EPS, VIT_VARIANTS, ViT
 
 # ALBEF clamps its learnable temperature to this range before every pre-training forward.
 TEMPERATURE_MIN = 0.001
 TEMPERATURE_MAX = 0.5
 
 MODEL_KINDS = ("albef", "dual_encoder")
+TEXT_ARCHS = ("bert", "clip")
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -62,9 +64,21 @@ class _TwoTowerBase(nn.Module):
         """CLS token -> L2-normalised float32 embedding [B, E]."""
         return l2_normalize(self.img_proj(image_tokens[:, 0].astype(jnp.float32)))
 
-    def embed_text(self, text_hidden: jax.Array) -> jax.Array:
-        """CLS position -> L2-normalised float32 embedding [B, E]."""
-        return l2_normalize(self.txt_proj(text_hidden[:, 0].astype(jnp.float32)))
+    def embed_text(
+        self, text_hidden: jax.Array, attention_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Pooled text -> L2-normalised float32 embedding [B, E].
+
+        BERT pools the CLS position; the CLIP arch its EOS token, the last real position, so it
+        needs ``attention_mask``.
+        """
+        if isinstance(self.txt, ClipTextEncoder):
+            if attention_mask is None:
+                raise ValueError("embed_text of a CLIP text tower needs attention_mask (EOS pool)")
+            pooled = eos_pool(text_hidden, attention_mask)
+        else:
+            pooled = text_hidden[:, 0]
+        return l2_normalize(self.txt_proj(pooled.astype(jnp.float32)))
 
     def _tower_outputs(
         self, images: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, train: bool
@@ -75,7 +89,7 @@ class _TwoTowerBase(nn.Module):
             "image_tokens": image_tokens,
             "text_hidden": text_hidden,
             "image_embed": self.embed_image(image_tokens),
-            "text_embed": self.embed_text(text_hidden),
+            "text_embed": self.embed_text(text_hidden, attention_mask),
             "temperature": self.temperature(),
         }
         if self.num_concepts:
@@ -115,7 +129,11 @@ class ALBEF(_TwoTowerBase):
             2, ("embed", "classes"), dtype=jnp.float32, param_dtype=self.param_dtype
         )
         self.mlm_head = BertMLMHead(
-            self.txt.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype
+            self.txt.vocab_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            act=self.txt.act,
+            ln_eps=self.txt.ln_eps,
         )
 
     def fuse(
@@ -169,10 +187,10 @@ class ALBEF(_TwoTowerBase):
 
 
 class DualEncoder(_TwoTowerBase):
-    """CLIP-style dual encoder: ViT + BERT text tower, no fusion."""
+    """CLIP-style dual encoder: ViT + BERT (or CLIP causal) text tower, no fusion."""
 
     img: ViT
-    txt: BertTextEncoder
+    txt: BertTextEncoder | ClipTextEncoder
     embed_dim: int = 256
     temperature_init: float = 0.07
     num_concepts: int = 0
@@ -237,10 +255,21 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         dtype=dtype,
         remat=bool(image.get("remat", False)),
         dropout=float(image.get("dropout", 0.0)),
+        pre_norm=bool(image.get("pre_norm", False)),
+        act=image.get("act", "gelu"),
+        ln_eps=float(image.get("ln_eps", VIT_LN_EPS)),
         **sizes,
     )
 
     text = config.text
+    arch = text.get("arch", "bert")
+    if arch not in TEXT_ARCHS:
+        raise ValueError(f"model.text.arch={arch!r} is not one of {TEXT_ARCHS}")
+    if arch == "clip" and kind != "dual_encoder":
+        raise ValueError(
+            f"model.text.arch='clip' is a causal text tower without fusion layers; it needs "
+            f"model.kind='dual_encoder', not {kind!r}"
+        )
     text_kw = dict(
         width=text.width,
         num_heads=text.num_heads,
@@ -248,6 +277,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         dropout=float(text.get("dropout", 0.0)),
         remat=bool(text.get("remat", False)),
         dtype=dtype,
+        act=text.get("act", "gelu"),
+        ln_eps=float(text.get("ln_eps", BERT_LN_EPS)),
     )
     common = dict(
         embed_dim=config.embed_dim,
@@ -268,8 +299,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         )
         return ALBEF(img=img, txt=txt, fusion=fusion, **common)
 
-    # A dual encoder has no fusion, so every BERT layer is a plain text layer.
-    txt = BertTextEncoder(
+    # A dual encoder has no fusion, so every text layer is a plain text layer.
+    text_cls = ClipTextEncoder if arch == "clip" else BertTextEncoder
+    txt = text_cls(
         vocab_size=text.vocab_size,
         num_layers=text.text_layers + text.fusion_layers,
         max_len=text.max_len,

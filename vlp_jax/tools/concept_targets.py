@@ -86,7 +86,7 @@ def vlp_jax_teacher(
     @jax.jit
     def text_emb(ids, mask):
         hidden = model.apply(variables, ids, mask, method="encode_text")
-        return model.apply(variables, hidden, method="embed_text")
+        return model.apply(variables, hidden, mask, method="embed_text")
 
     @jax.jit
     def image_emb(x):
