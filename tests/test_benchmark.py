@@ -35,3 +35,22 @@ def test_benchmark_writes_step_time_throughput_memory_and_mfu(tmp_path):
     expected_mfu = result["flops_per_step"] / (step["median"] * 8 * 1e12)
     assert result["mfu"] == pytest.approx(expected_mfu)
     assert "MFU" in benchmark.format_result(result)
+
+
+def test_pipeline_benchmark_times_both_formats(tmp_path):
+    from vlp_jax.benchmark import pipeline as pipeline_bench
+
+    rows = pipeline_bench.run(
+        str(tmp_path),
+        pairs=16,
+        source_size=48,
+        image_sizes=(32,),
+        threads=(1,),
+        batch_size=8,
+        batches=2,
+    )
+    assert [(r["format"], r["image_size"], r["threads"]) for r in rows] == [
+        ("json+jpeg", 32, 1),
+        ("array_record", 32, 1),
+    ]
+    assert all(r["pairs_per_sec"] > 0 for r in rows)

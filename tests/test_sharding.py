@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from tests.helpers import load_config
-from vlp_jax import objectives, optim, sharding, train
+from vlp_jax import momentum, objectives, optim, sharding, train
 from vlp_jax.data.synthetic import synthetic_batch
 from vlp_jax.data.tokenizer import load_tokenizer
 from vlp_jax.models import build_model
@@ -54,10 +54,11 @@ def _loss_and_grads(config, mesh_axes, batch):
         jax.value_and_grad(objective, has_aux=True),
         out_shardings=((sharding.replicated(mesh), sharding.replicated(mesh)), shardings["params"]),
     )
+    global_batch = sharding.to_global(batch, mesh)
+    if "momentum" in state:  # ALBEF's teacher and queues take part too
+        global_batch = momentum.before_step(state, global_batch, config)[1]
     with sharding.activate(mesh, rules):
-        (loss, metrics), grads = grad_fn(
-            state["params"], sharding.to_global(batch, mesh), jax.random.key(3)
-        )
+        (loss, metrics), grads = grad_fn(state["params"], global_batch, jax.random.key(3))
     return float(loss), jax.device_get(metrics), jax.device_get(grads), shardings["params"]
 
 
@@ -65,6 +66,8 @@ def _loss_and_grads(config, mesh_axes, batch):
 def reference():
     config = load_config("albef", "tiny")
     config.model.text.dropout = 0.1  # dropout masks must not depend on the mesh either
+    config.momentum.alpha_ramp_steps = 0  # full distillation weight from step 0
+    assert config.momentum.enabled
     tokens = train.token_info(load_tokenizer(config.data.tokenizer))
     batch = synthetic_batch(config, tokens.special_ids, tokens.vocab_size, np.random.default_rng(0))
     return config, batch, _loss_and_grads(config, MESHES["1 device"], batch)

@@ -288,3 +288,19 @@ def test_bad_source_config_names_the_key(exported, change, message):
     change(config.data)
     with pytest.raises(ValueError, match=message):
         config_lib.validate(config)
+
+
+def test_files_config_reads_annotation_files_or_packed_shards(exported, tmp_path):
+    root, _ = exported
+    ann = os.path.join(root, "annotations.json")
+    config = load_config("files", f"train={ann},images={root},size=tiny")
+    config_lib.validate(config)
+    assert config.data.train_sources.train.format == "annotations"
+    packed = str(tmp_path / "packed")
+    to_array_record.run(ann, root, packed, shards=1)
+    arg = f"train={packed},format=array_record,eval={ann},eval_images={root},size=tiny"
+    config = load_config("files", arg)
+    config_lib.validate(config)
+    assert len(pipeline.make_source(config.data, "train")) == 34
+    with pytest.raises(ValueError, match=r"train_sources.train.annotations must be set"):
+        config_lib.validate(load_config("files", "size=tiny"))

@@ -51,6 +51,9 @@ def test_albef_tiny_trains_and_evaluates_on_8_devices(uninterrupted):
         assert 0.0 <= final[f"eval/{key}"] <= 100.0, key
     evals = [r for r in read_metrics(workdir) if "eval/i2t_r1" in r]
     assert [r["step"] for r in evals] == [6]
+    # Momentum distillation: α = 0.4 · min(1, step / 3), averaged over the two steps per row.
+    np.testing.assert_allclose(rows[2]["train/distill_alpha"], (0 + 0.4 / 3) / 2, rtol=1e-5)
+    np.testing.assert_allclose(rows[6]["train/distill_alpha"], 0.4, rtol=1e-5)
     assert os.path.isdir(os.path.join(workdir, "tensorboard")) is False  # tiny config: off
 
 

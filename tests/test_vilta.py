@@ -66,6 +66,7 @@ def test_albef_objective_adds_synthesised_negatives_with_either_teacher():
     for teacher in vilta.TEACHERS:
         config = load_config("albef", "tiny")
         config.itm.synth.update(enabled=True, teacher=teacher, top_k=3)
+        config.momentum.enabled = False  # ViLTA's negatives alone
         tokens = train.token_info(load_tokenizer(config.data.tokenizer))
         model = build_model(config.model)
         tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -90,6 +91,7 @@ def test_flip_negatives_replace_mined_images_only_for_relational_captions():
 
     config = load_config("albef", "tiny")
     config.itm.flip_negatives = 1.0
+    config.momentum.enabled = False
     tokens = train.token_info(load_tokenizer(config.data.tokenizer))
     model = build_model(config.model)
     tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)

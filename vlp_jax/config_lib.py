@@ -223,6 +223,17 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.mlm = ml_collections.ConfigDict({"mask_prob": 0.15})
+    # ALBEF's momentum (EMA) teacher, feature queues and distillation (vlp_jax/momentum.py):
+    # α ramps from 0 over alpha_ramp_steps (ALBEF: the first epoch); queue_size % batch_size == 0.
+    c.momentum = ml_collections.ConfigDict(
+        {
+            "enabled": False,
+            "decay": 0.995,
+            "queue_size": 65_536,
+            "alpha": 0.4,
+            "alpha_ramp_steps": 0,
+        }
+    )
     # GRIT-VLP's grouped batches (vlp_jax/grit.py); search_space: a multiple of batch_size.
     c.grit = ml_collections.ConfigDict({"enabled": False, "search_space": 1920})
     # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
@@ -440,6 +451,31 @@ def _validate_sources(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_momentum(config: ml_collections.ConfigDict) -> None:
+    m = config.get("momentum")
+    if not (m and m.enabled):
+        return
+    if config.model.kind != "albef":
+        raise ValueError(
+            f"config.momentum.enabled is ALBEF's (its ITC and MLM distillation); "
+            f"model.kind={config.model.kind!r} has no MLM"
+        )
+    if config.grad_accum_steps != 1:
+        raise ValueError(
+            "config.momentum.enabled needs config.grad_accum_steps=1: the queue takes the whole "
+            "batch's momentum features at once"
+        )
+    if m.queue_size < config.batch_size or m.queue_size % config.batch_size:
+        raise ValueError(
+            f"config.momentum.queue_size={m.queue_size} must be a multiple of "
+            f"config.batch_size={config.batch_size} (the queue advances a whole batch at a time)"
+        )
+    if not 0.0 < m.decay < 1.0:
+        raise ValueError(f"config.momentum.decay={m.decay} must be in (0, 1)")
+    if not 0.0 <= m.alpha <= 1.0:
+        raise ValueError(f"config.momentum.alpha={m.alpha} must be in [0, 1]")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key and what it accepts."""
     _accepted("model.kind", config.model.kind, MODEL_KINDS)
@@ -486,6 +522,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.grit.enabled needs config.grad_accum_steps=1: the sampler collects each "
             "step's embeddings of the whole batch"
         )
+    _validate_momentum(config)
     if config.hn_nce.alpha < 0:
         raise ValueError(f"config.hn_nce.alpha={config.hn_nce.alpha} must be >= 0")
     concepts_on = bool(config.loss_weights.get("concepts", 0.0))

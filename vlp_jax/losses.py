@@ -105,6 +105,54 @@ def itc(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.Array) -> ja
     return on_batch_shards(_itc_local, (image_emb, text_emb), (temperature,))
 
 
+def _itc_distill_local(
+    image_emb, text_emb, image_m, text_m, image_queue, text_queue, temperature, alpha, *, axis
+) -> jax.Array:
+    local = image_emb.shape[0]
+    text_cols = jnp.concatenate([_gather(text_m, axis), text_queue])
+    image_cols = jnp.concatenate([_gather(image_m, axis), image_queue])
+    positive = jax.nn.one_hot(_row_offset(local, axis) + jnp.arange(local), text_cols.shape[0])
+
+    def direction(anchor, anchor_m, cols):
+        teacher = jax.nn.softmax(lax.stop_gradient(anchor_m @ cols.T / temperature), axis=-1)
+        target = alpha * teacher + (1.0 - alpha) * positive
+        return -(target * jax.nn.log_softmax(anchor @ cols.T / temperature, axis=-1)).sum()
+
+    total = direction(image_emb, image_m, text_cols) + direction(text_emb, text_m, image_cols)
+    return _psum(total, axis) / (2 * _gather(image_m, axis).shape[0])
+
+
+def itc_distill(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    image_m: jax.Array,
+    text_m: jax.Array,
+    image_queue: jax.Array,
+    text_queue: jax.Array,
+    temperature: jax.Array,
+    alpha: jax.Array | float,
+) -> jax.Array:
+    """ALBEF's ITC with a momentum model, feature queues and momentum distillation.
+
+    Columns are the momentum features of the global batch followed by the queue,
+    T = [t_m ; Q_t], V = [v_m ; Q_v] (G + Q rows, no gradient). With s_i2t = v Tᵀ / τ and the
+    teacher's s^m_i2t = v_m Tᵀ / τ (and symmetrically for text):
+
+        y_i2t = α · softmax(s^m_i2t) + (1 − α) · onehot(own column)
+        L = 1/(2G) Σ_b [ CE(s_i2t[b], y_i2t[b]) + CE(s_t2i[b], y_t2i[b]) ]
+
+    α = 0 with an empty queue is `itc` with momentum columns. Global like `itc`: each shard's
+    rows meet every shard's momentum features and the (replicated) queue.
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    return on_batch_shards(
+        _itc_distill_local,
+        (image_emb, text_emb, lax.stop_gradient(image_m), lax.stop_gradient(text_m)),
+        (lax.stop_gradient(image_queue), lax.stop_gradient(text_queue), temperature, alpha),
+    )
+
+
 def _itc_consistency_local(image_emb, text_emb, temperature, *, axis: AxisName) -> jax.Array:
     i2t = image_emb @ _gather(text_emb, axis).T / temperature
     t2i = text_emb @ _gather(image_emb, axis).T / temperature
@@ -366,6 +414,26 @@ def mlm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Ar
     """Mean cross-entropy over the selected positions of the whole (global) batch."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     return (ce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def mlm_distill_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    teacher_logits: jax.Array,
+    alpha: jax.Array | float,
+) -> jax.Array:
+    """ALBEF's MLM with momentum distillation, over the selected positions:
+
+    L = (1 − α) · CE(logits, labels) + α · mean_selected( −Σ_v softmax(teacher)_v ·
+        log_softmax(logits)_v )   (softmax over the vocabulary axis)
+    """
+    soft = optax.softmax_cross_entropy(
+        logits.astype(jnp.float32),
+        jax.nn.softmax(lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=-1),
+    )
+    soft = (soft * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return (1.0 - alpha) * mlm_loss(logits, labels, weights) + alpha * soft
 
 
 def mlm_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:

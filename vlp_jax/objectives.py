@@ -6,6 +6,8 @@ ALBEF (Li et al., 2021):  L = w_itc·L_itc + w_itm·L_itm + w_mlm·L_mlm
     plus, with `itm.synth.enabled`, G negatives synthesised by the language model (`vilta`),
   - L_mlm on a second, corrupted text pass through text + fusion layers with the image tokens.
 CLIP-style dual encoder:  L = w_itc·L_itc.
+With `momentum.enabled` (ALBEF's full recipe), L_itc and L_mlm are distilled from the EMA teacher
+(`losses.itc_distill` with the feature queues, `losses.mlm_distill_loss`; vlp_jax/momentum.py).
 Either may add GRIT-VLP's ITC consistency term, w_cons·L_cons (`losses.itc_consistency`), DiHT's
 hard-negative NCE, w_hn·L_hn_nce (`losses.hn_nce`, in place of or beside ITC), and DiHT's concept
 distillation, w_c·KL(p_teacher ‖ softmax(concept_head(v))) on stored teacher targets (`concepts`).
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from vlp_jax import losses, vilta
+from vlp_jax import losses, momentum, vilta
 
 Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -141,6 +143,34 @@ def _with_flip_negatives(apply, batch, neg_images, prob, key, dropout_key, metri
     return jnp.where(use[:, None, None], tokens, neg_images)
 
 
+class _MomentumTeacher:
+    """ALBEF's momentum model for one step: the EMA weights in train mode (dropout on), its image
+    tokens computed once and reused by the MLM teacher; every output is stop-gradient."""
+
+    def __init__(self, apply, teacher: dict[str, Any], key: jax.Array) -> None:
+        self.apply = apply
+        self.variables = {"params": teacher["params"]}
+        self.queue = teacher["queue"]
+        self.alpha = teacher["alpha"]
+        self.keys = jax.random.split(key, 3)
+        self.image_tokens = None
+
+    def _run(self, *args, method, key=None, **kwargs):
+        out = self.apply(*args, method=method, key=key, variables=self.variables, **kwargs)
+        return jax.lax.stop_gradient(out)
+
+    def embeddings(self, images, ids, mask) -> tuple[jax.Array, jax.Array]:
+        self.image_tokens = self._run(images, train=True, method="encode_image", key=self.keys[0])
+        text = self._run(ids, mask, train=True, method="encode_text", key=self.keys[1])
+        v_m = self._run(self.image_tokens, method="embed_image")
+        return v_m, self._run(text, mask, method="embed_text")
+
+    def mlm_logits(self, corrupted, mask) -> jax.Array:
+        return self._run(
+            corrupted, mask, self.image_tokens, train=True, method="mlm_logits", key=self.keys[2]
+        )
+
+
 def _albef_objective(
     model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
 ) -> Objective:
@@ -151,15 +181,20 @@ def _albef_objective(
     mask_prob = float(config.mlm.mask_prob)
     synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
     flip_prob = float(config.itm.get("flip_negatives", 0.0))
+    with_momentum = momentum.enabled(config)
 
     def objective(params, batch, rng):
         variables = {"params": params}
-        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth, k_flip = jax.random.split(rng, 8)
+        keys = jax.random.split(rng, 9)
+        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth, k_flip, k_teacher = keys
         ids, mask = batch["input_ids"], batch["attention_mask"]
 
-        def apply(*args, method, key=None, **kwargs):
+        def apply(*args, method, key=None, variables=variables, **kwargs):
             rngs = {"dropout": key} if key is not None else {}
             return model.apply(variables, *args, method=method, rngs=rngs, **kwargs)
+
+        if with_momentum:
+            teacher = _MomentumTeacher(apply, batch["teacher"], k_teacher)
 
         img = apply(batch["image"], train=True, method="encode_image", key=k_img)
         txt = apply(ids, mask, train=True, method="encode_text", key=k_txt)
@@ -178,6 +213,14 @@ def _albef_objective(
 
         parts.update(_contrastive_parts(weights, v, t, temperature, config))
         parts.update(_image_parts(weights, model, variables, v, batch))
+        if with_momentum:
+            v_m, t_m = teacher.embeddings(batch["image"], ids, mask)
+            if "itc" in weights:
+                queue = teacher.queue
+                parts["itc"] = losses.itc_distill(
+                    v, t, v_m, t_m, queue["image"], queue["text"], temperature, teacher.alpha
+                )
+            metrics["enqueue/image"], metrics["enqueue/text"] = v_m, t_m
 
         mlm_logits = selected = None
         if "mlm" in weights:
@@ -191,7 +234,12 @@ def _albef_objective(
                 special_ids=tokens.special_ids,
             )
             mlm_logits = apply(corrupted, mask, img, train=True, method="mlm_logits", key=k_mlm)
-            parts["mlm"] = losses.mlm_loss(mlm_logits, ids, selected)
+            if with_momentum:
+                parts["mlm"] = losses.mlm_distill_loss(
+                    mlm_logits, ids, selected, teacher.mlm_logits(corrupted, mask), teacher.alpha
+                )
+            else:
+                parts["mlm"] = losses.mlm_loss(mlm_logits, ids, selected)
             metrics["train/mlm_acc"] = losses.mlm_accuracy(mlm_logits, ids, selected)
 
         if "itm" in weights:

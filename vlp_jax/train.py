@@ -21,6 +21,7 @@ from vlp_jax import (
     config_lib,
     evaluate,
     grit,
+    momentum,
     objectives,
     optim,
     setup_report,
@@ -57,12 +58,15 @@ def init_state_fn(model: nn.Module, tx: optax.GradientTransformation, config) ->
         k_params, k_dropout = jax.random.split(rng)
         variables = model.init({"params": k_params, "dropout": k_dropout}, *dummy_inputs(config))
         params = variables["params"]
-        return {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
             "params": params,
             "opt_state": tx.init(params),
         }
+        if momentum.enabled(config):  # ALBEF's EMA teacher and queues (vlp_jax/momentum.py)
+            state["momentum"] = momentum.init_state(params, jax.random.key(config.seed + 2), config)
+        return state
 
     return init
 
@@ -138,14 +142,26 @@ def make_train_step(
     state_shardings,
     mesh,
     grad_accum_steps: int = 1,
+    config: ml_collections.ConfigDict | None = None,
 ):
-    """The jitted step: (state, global batch) → (state, metrics); the state buffer is donated."""
+    """The jitted step: (state, global batch) → (state, metrics); the state buffer is donated.
+
+    With `config.momentum.enabled`, the EMA teacher is updated first and reaches the objective as
+    `batch["teacher"]`; the features it returns are enqueued after (`vlp_jax.momentum`)."""
+    with_momentum = config is not None and momentum.enabled(config)
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        if with_momentum:
+            teacher_params, batch = momentum.before_step(state, batch, config)
         loss, metrics, grads = accumulated_grads(
             objective, state["params"], batch, rng, grad_accum_steps
         )
+        if with_momentum:
+            new_momentum, metrics = momentum.after_step(
+                teacher_params, state["momentum"]["queue"], metrics
+            )
+            metrics["train/distill_alpha"] = batch["teacher"]["alpha"]
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         if "temperature" in params:  # ALBEF clamps τ in place, so it never drifts out of range
@@ -157,6 +173,8 @@ def make_train_step(
             "train/grad_norm": optax.tree.norm(grads),
         }
         new_state = {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        if with_momentum:
+            new_state["momentum"] = new_momentum
         return new_state, metrics
 
     return jax.jit(
@@ -284,7 +302,7 @@ def train_and_evaluate(
 
     objective = objectives.make_objective(model, config, token_info(tokenizer))
     train_step = make_train_step(
-        objective, tx, schedule, state_shardings, mesh, config.grad_accum_steps
+        objective, tx, schedule, state_shardings, mesh, config.grad_accum_steps, config
     )
 
     # --- Data and checkpoints ----------------------------------------------------------------
@@ -324,6 +342,8 @@ def train_and_evaluate(
             print(f"resumed from the checkpoint of step {int(state['step'])} in {workdir}")
     else:  # a fresh run: pretrained towers from config.init (a resumed run keeps its own)
         state = weights.init_train_state(state, state_shardings, config, verbose=is_main)
+        if "momentum" in state:  # the teacher starts as a copy of the (imported) weights
+            state["momentum"]["params"] = jax.tree.map(jnp.copy, state["params"])
     start_step = int(jax.device_get(state["step"]))
 
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)

@@ -124,7 +124,7 @@ def run_benchmark(
     state, shardings = train.create_state(model, tx, config, mesh, rules)
     objective = objectives.make_objective(model, config, tokens)
     step_fn = train.make_train_step(
-        objective, tx, schedule, shardings, mesh, config.grad_accum_steps
+        objective, tx, schedule, shardings, mesh, config.grad_accum_steps, config
     )
     # Each process feeds its share of the global batch, as the pipeline does.
     local_rows = config.batch_size // jax.process_count()
