@@ -116,3 +116,28 @@ def test_two_processes_group_like_one(tmp_path):
     ref, got = train_rows(one), train_rows(two)
     for step in (2, 4, 6, 8):
         np.testing.assert_allclose(got[step]["train/loss"], ref[step]["train/loss"], rtol=1e-5)
+
+
+def test_refresh_every_k_steps_regroups_by_the_latest_embeddings():
+    sampler = grit.GritSampler(
+        num_examples=64, batch_size=8, search_space=16, seed=0, refresh_every_steps=2
+    )
+    assert sampler.steps_per_epoch == 2
+    rng = np.random.default_rng(0)
+    first = sampler.order[:16]
+    sampler.collect(first, np.ones((16, 4)), np.ones((16, 4)))
+    sampler.advance()
+    assert sorted(sampler.order) == list(range(64))
+    seen_again = first[:8]
+    sampler.collect(seen_again, np.full((8, 4), 2.0), np.full((8, 4), 2.0))
+    index, v, _ = sampler.collected()
+    assert sorted(index) == sorted(first)  # 16 examples, each once
+    latest = dict(zip(index.tolist(), v[:, 0].tolist()))
+    assert all(latest[i] == 2.0 for i in seen_again) and sum(x == 1.0 for x in latest.values()) == 8
+    # The 16 seen examples form one search space and are grouped; the rest are random batches.
+    x = rng.normal(size=(16, 4))
+    sampler.collect(first, x, x)
+    sampler.advance()
+    assert sorted(sampler.order) == list(range(64)) and sampler.epoch == 2
+    with pytest.raises(ValueError, match="refresh_every_steps=-1"):
+        grit.GritSampler(64, 8, 16, 0, refresh_every_steps=-1)

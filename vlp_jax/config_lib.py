@@ -235,7 +235,10 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     # GRIT-VLP's grouped batches (vlp_jax/grit.py); search_space: a multiple of batch_size.
-    c.grit = ml_collections.ConfigDict({"enabled": False, "search_space": 1920})
+    # refresh_every_steps: 0 regroups every epoch (the paper), K > 0 every K steps.
+    c.grit = ml_collections.ConfigDict(
+        {"enabled": False, "search_space": 1920, "refresh_every_steps": 0}
+    )
     # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
     c.mesh = (("data", -1),)
     # Logical axis → mesh axes; one table for every mesh (see vlp_jax.sharding.DEFAULT_RULES).

@@ -7,6 +7,10 @@
                by the greedy image → text → image chain (`vlp_jax.data.grouping`); consecutive
                runs of one global batch become batches, and the batches are shuffled.
 
+With `refresh_every_steps = K > 0` the order is regrouped every K steps instead of every epoch:
+each period is a fresh grouped permutation of all N examples, by the latest embedding of each
+example seen so far (examples not yet seen fill random batches).
+
 Grouping is global: every process holds the embeddings of the whole global batch, so all compute
 the same order, and each process reads its block of every grouped global batch. No process is
 locked to one shard of the data (unlike the public code), and examples the first epoch dropped
@@ -32,7 +36,14 @@ OUTPUTS = ("out/image_emb", "out/text_emb")
 class GritSampler:
     """The epoch orders of GRIT-VLP and the embeddings that make the next one."""
 
-    def __init__(self, num_examples: int, batch_size: int, search_space: int, seed: int):
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        search_space: int,
+        seed: int,
+        refresh_every_steps: int = 0,
+    ):
         if search_space % batch_size:
             raise ValueError(
                 f"config.grit.search_space={search_space} must be a multiple of the global "
@@ -40,7 +51,10 @@ class GritSampler:
             )
         if num_examples < batch_size:
             raise ValueError(f"{num_examples} training examples do not fill one batch")
+        if refresh_every_steps < 0:
+            raise ValueError(f"config.grit.refresh_every_steps={refresh_every_steps} must be >= 0")
         self.num_examples = num_examples
+        self.refresh_every_steps = refresh_every_steps
         self.batch_size = batch_size
         self.search_space = search_space
         self.seed = seed
@@ -50,7 +64,8 @@ class GritSampler:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_examples // self.batch_size
+        """Steps between regroupings: an epoch, or `refresh_every_steps`."""
+        return self.refresh_every_steps or self.num_examples // self.batch_size
 
     def collect(self, index: np.ndarray, image_emb: np.ndarray, text_emb: np.ndarray) -> None:
         """One global batch: dataset indices [B] and L2-normalised embeddings [B, d]."""
@@ -62,6 +77,10 @@ class GritSampler:
         if not self._collected:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0))
         index, v, t = (np.concatenate(parts) for parts in zip(*self._collected))
+        # The latest embedding of each example (a refresh period can revisit examples).
+        _, last = np.unique(index[::-1], return_index=True)
+        keep = np.sort(len(index) - 1 - last)
+        index, v, t = index[keep], v[keep], t[keep]
         self._collected = [(index, v, t)]
         return index, v, t
 
@@ -85,10 +104,12 @@ class GritSampler:
         return np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), order[full:]])
 
     def advance(self) -> None:
-        """Ends the epoch: the next order is grouped and the collection starts afresh."""
+        """Ends the epoch (or refresh period): the next order is grouped. Epoch mode starts the
+        collection afresh; refresh mode keeps the latest embeddings of examples not revisited."""
         self.order = self.next_order()
         self.epoch += 1
-        self._collected = []
+        if not self.refresh_every_steps:
+            self._collected = []
 
     def state(self) -> dict[str, Any]:
         index, v, t = self.collected()

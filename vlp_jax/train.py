@@ -315,7 +315,11 @@ def train_and_evaluate(
     if config.grit.enabled:
         train_size = len(pipeline.make_source(config.data, "train", config.data.train_examples))
         sampler = grit.GritSampler(
-            train_size, config.batch_size, config.grit.search_space, config.seed
+            train_size,
+            config.batch_size,
+            config.grit.search_space,
+            config.seed,
+            refresh_every_steps=int(config.grit.get("refresh_every_steps", 0)),
         )
         saved = ckpt.restore_sampler()
         if saved is not None:
@@ -355,6 +359,7 @@ def train_and_evaluate(
     embedded: list[tuple[np.ndarray, Any]] = []  # GRIT: (dataset indices, device embeddings)
     since_log: list[tuple[int, dict[str, float]]] = []  # checked, not yet logged
     skips = SkipCounter(float(config.data.max_skip_fraction))
+    grouping_seconds = 0.0  # GRIT: host time spent regrouping since the last log
     final: dict[str, float] = {}
     t_log, pairs_since_log = time.perf_counter(), 0
     step = start_step
@@ -397,7 +402,9 @@ def train_and_evaluate(
                     sampler.collect(grit.global_rows(index), grit.host_copy(v), grit.host_copy(t))
                 embedded = []
             if epoch_end:
+                t_group = time.perf_counter()
                 sampler.advance()  # the next epoch's batches are grouped by this epoch's pairs
+                grouping_seconds += time.perf_counter() - t_group
                 data_iter = open_data()
             if not (log_now or ckpt_now or eval_now):
                 continue
@@ -416,6 +423,11 @@ def train_and_evaluate(
                 elapsed = time.perf_counter() - t_log
                 row = _mean_metrics(since_log)
                 row["data/skipped"] = skips.report()
+                if sampler is not None:
+                    # Share of the wall time since the last log spent grouping (the sampler's
+                    # overhead; the collection itself rides on the step's outputs).
+                    row["perf/grit_grouping_fraction"] = grouping_seconds / elapsed
+                    grouping_seconds = 0.0
                 row["perf/pairs_per_sec"] = pairs_since_log / elapsed
                 row["perf/pairs_per_sec_per_device"] = (
                     row["perf/pairs_per_sec"] / jax.device_count()

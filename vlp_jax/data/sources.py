@@ -92,7 +92,8 @@ class AnnotationPairs(grain.sources.RandomAccessDataSource):
         for line, record in annotations.iter_records(annotation_file, on_error=on_bad_record):
             if record is None:
                 self.bad_records += 1
-                logging.warning("skipped the malformed record at %s:%d", annotation_file, line)
+                if self.bad_records <= 10:
+                    logging.warning("skipped the malformed record at %s:%d", annotation_file, line)
                 continue
             path = paths.setdefault(record["image"], len(paths))
             key = record.get("image_id", ("path", record["image"]))
@@ -103,6 +104,12 @@ class AnnotationPairs(grain.sources.RandomAccessDataSource):
                 pair_path.append(path)
                 pair_image.append(image)
                 self._captions.append(caption)
+        if self.bad_records:
+            logging.warning(
+                "%s: skipped %d malformed records (data.on_bad_record='skip')",
+                annotation_file,
+                self.bad_records,
+            )
         if not self._captions:
             raise ValueError(f"{annotation_file} holds no usable image-caption pair")
         self._paths = list(paths)
