@@ -141,3 +141,25 @@ def test_refresh_every_k_steps_regroups_by_the_latest_embeddings():
     assert sorted(sampler.order) == list(range(64)) and sampler.epoch == 2
     with pytest.raises(ValueError, match="refresh_every_steps=-1"):
         grit.GritSampler(64, 8, 16, 0, refresh_every_steps=-1)
+
+
+def test_sampler_checkpoints_right_after_an_epoch_ends(tmp_path):
+    """At an epoch's last step nothing is collected yet for the next one; the checkpoint (which
+    cannot hold empty arrays) must still save and restore that state."""
+    sampler = grit.GritSampler(num_examples=64, batch_size=8, search_space=32, seed=0)
+    _collect_epoch(sampler, np.random.default_rng(0))
+    sampler.advance()
+    state = sampler.state()
+    assert state["collected"] == 0 and all(np.size(v) for v in state.values())
+    manager = checkpoint.ocp.CheckpointManager(str(tmp_path), item_names=("sampler",))
+    manager.save(
+        1, args=checkpoint.ocp.args.Composite(sampler=checkpoint.ocp.args.StandardSave(state))
+    )
+    manager.wait_until_finished()
+    restored = manager.restore(
+        1, args=checkpoint.ocp.args.Composite(sampler=checkpoint.ocp.args.StandardRestore())
+    )
+    fresh = grit.GritSampler(num_examples=64, batch_size=8, search_space=32, seed=0)
+    fresh.load_state(dict(restored["sampler"]))
+    assert fresh.epoch == 1 and fresh.collected()[0].size == 0
+    np.testing.assert_array_equal(fresh.order, sampler.order)

@@ -112,10 +112,17 @@ class GritSampler:
             self._collected = []
 
     def state(self) -> dict[str, Any]:
+        """Epoch, order and collected pairs; right after an epoch ends nothing is collected yet,
+        and since checkpoints cannot hold empty arrays, one placeholder row is stored instead
+        (`collected` says how many rows are real)."""
         index, v, t = self.collected()
+        count = len(index)
+        if not count:
+            index, v, t = np.full(1, -1, np.int64), np.zeros((1, 1)), np.zeros((1, 1))
         return {
             "epoch": np.int64(self.epoch),
             "order": self.order,
+            "collected": np.int64(count),
             "index": index,
             "image_emb": v.astype(np.float32),
             "text_emb": t.astype(np.float32),
@@ -124,10 +131,11 @@ class GritSampler:
     def load_state(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.order = np.asarray(state["order"], np.int64)
-        index = np.asarray(state["index"], np.int64)
+        count = int(state.get("collected", len(state["index"])))
+        index = np.asarray(state["index"], np.int64)[:count]
         self._collected = (
-            [(index, np.asarray(state["image_emb"]), np.asarray(state["text_emb"]))]
-            if len(index)
+            [(index, np.asarray(state["image_emb"])[:count], np.asarray(state["text_emb"])[:count])]
+            if count
             else []
         )
 
