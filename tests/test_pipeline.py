@@ -2,8 +2,10 @@
 iterator state round-trips."""
 
 import numpy as np
+import pytest
 
 from tests.helpers import load_config
+from vlp_jax import config_lib
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import load_tokenizer
 
@@ -73,3 +75,22 @@ def test_relation_flip_axis_reads_the_caption_after_augmentation():
     assert relation_flip_axis("there is a red circle above a blue square") == 2
     assert relation_flip_axis("a picture of a red circle") == 0
     assert relation_flip_axis("a bright circle") == 0  # "right" only as a word
+
+
+def test_normalization_matches_the_pretrained_towers_convention():
+    white, black = np.full((2, 2, 3), 255, np.uint8), np.zeros((2, 2, 3), np.uint8)
+    np.testing.assert_allclose(pipeline.normalize(white, "half"), 1.0)
+    np.testing.assert_allclose(pipeline.normalize(black, "half"), -1.0)
+    np.testing.assert_allclose(
+        pipeline.normalize(black, "imagenet")[0, 0], [-2.1179, -2.0357, -1.8044], rtol=1e-4
+    )
+    np.testing.assert_array_equal(pipeline.normalize(white), pipeline.normalize(white, "clip"))
+    aug = pipeline.TrainAugment(2, (1.0, 1.0), 0.0, normalization="half")
+    out = aug.random_map(
+        {"image": white, "caption": "a", "image_id": 0, "index": 0}, np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(out["image"], 1.0)
+    config = load_config("albef", "tiny")
+    config.data.normalization = "inception"
+    with pytest.raises(ValueError, match=r"config.data.normalization='inception' is not accepted"):
+        config_lib.validate(config)

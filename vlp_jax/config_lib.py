@@ -29,6 +29,7 @@ SOURCE_FORMATS = {  # a `mixture` entry's format → its required keys
     "tfds": ("name", "split"),
 }
 BAD_RECORD_POLICIES = ("raise", "skip")
+NORMALIZATIONS = ("clip", "imagenet", "half")  # vlp_jax.data.pipeline.NORMALIZATIONS
 OBJECTIVES = {
     "albef": ("itc", "itc_consistency", "hn_nce", "concepts", "itm", "mlm"),
     "dual_encoder": ("itc", "itc_consistency", "hn_nce", "concepts"),
@@ -187,6 +188,8 @@ def base_config() -> ml_collections.ConfigDict:
             # above this fraction of the examples drawn the run stops.
             "max_skip_fraction": 0.01,
             "decode_max_side": 0,  # > 0: JPEGs decode at a reduced size at least this large
+            # Image mean/std: "clip" (ALBEF), "imagenet" (DeiT/timm), "half" (Google's ViT).
+            "normalization": "clip",
         }
     )
     c.optimizer = ml_collections.ConfigDict(
@@ -487,6 +490,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_towers(config)
     _accepted("data.name", config.data.name, DATASETS)
     _accepted("data.on_bad_record", config.data.on_bad_record, BAD_RECORD_POLICIES)
+    _accepted("data.normalization", config.data.normalization, NORMALIZATIONS)
     if config.data.name == "mixture":
         _validate_sources(config)
     _accepted("itm.synth.teacher", config.itm.synth.teacher, SYNTH_TEACHERS)

@@ -93,9 +93,10 @@ class Evaluator:
     @functools.cached_property
     def _fns(self) -> dict[str, Callable]:
         model = self.model
+        mean, std = pipeline.image_stats(self.config.data.get("normalization", "clip"))
 
         def images(params, pixels):
-            x = (pixels.astype(jnp.float32) - pipeline.MEAN) / pipeline.STD
+            x = (pixels.astype(jnp.float32) - mean) / std
             tokens = model.apply({"params": params}, x, method="encode_image")
             return tokens, model.apply({"params": params}, tokens, method="embed_image")
 

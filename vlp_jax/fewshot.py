@@ -207,7 +207,12 @@ def _embed_view(config, workdir, attribute: str, per_split: dict[str, int]):
                 split, attribute, n, image_size=int(config.data.source_image_size)
             )
             x = np.stack(
-                [pipeline.normalize(pipeline.resize(im, config.data.image_size)) for im in images]
+                [
+                    pipeline.normalize(
+                        pipeline.resize(im, config.data.image_size), config.data.normalization
+                    )
+                    for im in images
+                ]
             )
             emb = np.concatenate(
                 [np.asarray(embed_images(params, x[i : i + 256])) for i in range(0, len(x), 256)]

@@ -20,9 +20,26 @@ from PIL import Image
 from vlp_jax.data import concepts, shapes, sources
 from vlp_jax.data.tokenizer import Tokenizer
 
-# CLIP's normalisation, as ALBEF uses.
-MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32) * 255.0
-STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32) * 255.0
+# Per-channel (mean, std) of `data.normalization`: CLIP's (ALBEF's, the default), ImageNet's
+# (DeiT, timm) and 0.5 / 0.5 (Google's ViT checkpoints); match it to the pretrained image tower.
+NORMALIZATIONS = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def image_stats(kind: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) in 0..255 pixel units for `data.normalization`."""
+    if kind not in NORMALIZATIONS:
+        raise ValueError(
+            f"config.data.normalization={kind!r} is not accepted; use one of {list(NORMALIZATIONS)}"
+        )
+    mean, std = NORMALIZATIONS[kind]
+    return np.asarray(mean, np.float32) * 255.0, np.asarray(std, np.float32) * 255.0
+
+
+MEAN, STD = image_stats("clip")
 
 
 def raw_source(entry: Mapping[str, Any], data: ml_collections.ConfigDict):
@@ -95,8 +112,9 @@ def load_concept_targets(config: ml_collections.ConfigDict) -> concepts.ConceptT
     return targets
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) - MEAN) / STD
+def normalize(image: np.ndarray, kind: str = "clip") -> np.ndarray:
+    mean, std = image_stats(kind)
+    return (image.astype(np.float32) - mean) / std
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -144,7 +162,14 @@ def relation_flip_axis(caption: str) -> int:
 class TrainAugment(grain.transforms.RandomMap):
     """Random resized crop and a horizontal flip that also swaps "left"/"right" in the caption."""
 
-    def __init__(self, image_size: int, crop_scale: tuple[float, float], hflip_prob: float):
+    def __init__(
+        self,
+        image_size: int,
+        crop_scale: tuple[float, float],
+        hflip_prob: float,
+        normalization: str = "clip",
+    ):
+        self.normalization = normalization
         self.image_size = image_size
         self.crop_scale = tuple(crop_scale)
         self.hflip_prob = hflip_prob
@@ -155,7 +180,7 @@ class TrainAugment(grain.transforms.RandomMap):
         if rng.uniform() < self.hflip_prob:
             image, caption = shapes.hflip(image, caption)[:2]
         return {
-            "image": normalize(image),
+            "image": normalize(image, self.normalization),
             "caption": caption,
             "image_id": np.int32(element["image_id"]),
             "index": np.int32(element["index"]),
@@ -232,7 +257,9 @@ def train_dataset(
         ds = grain.MapDataset.source(Reordered(source, order))
     ds = (
         ds.random_map(
-            TrainAugment(data.image_size, data.crop_scale, data.hflip_prob),
+            TrainAugment(
+                data.image_size, data.crop_scale, data.hflip_prob, data.get("normalization", "clip")
+            ),
             seed=config.seed + 1_000_003 * epoch,
         )
         .batch(local, drop_remainder=True)[process_index::process_count]

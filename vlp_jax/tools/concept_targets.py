@@ -98,7 +98,8 @@ def vlp_jax_teacher(
     size = int(config.data.image_size)
 
     def teach(images: np.ndarray) -> np.ndarray:
-        x = np.stack([pipeline.normalize(pipeline.resize(im, size)) for im in images])
+        kind = config.data.normalization
+        x = np.stack([pipeline.normalize(pipeline.resize(im, size), kind) for im in images])
         return _softmax(scale * np.asarray(image_emb(x)) @ concepts_emb.T)
 
     return teach
