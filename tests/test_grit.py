@@ -163,3 +163,116 @@ def test_sampler_checkpoints_right_after_an_epoch_ends(tmp_path):
     fresh.load_state(dict(restored["sampler"]))
     assert fresh.epoch == 1 and fresh.collected()[0].size == 0
     np.testing.assert_array_equal(fresh.order, sampler.order)
+
+
+def _two_process_epoch(batch_size: int = 8, search_space: int = 16, num_examples: int = 64):
+    """Samplers of processes 0 and 1 (scope "process") after one epoch, each having collected
+    its own block of every global batch; embeddings in 4 tight clusters by dataset index."""
+    samplers = [
+        grit.GritSampler(
+            num_examples,
+            batch_size,
+            search_space,
+            seed=0,
+            scope="process",
+            process_index=p,
+            process_count=2,
+        )
+        for p in range(2)
+    ]
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    half = batch_size // 2
+    for batch in samplers[0].order.reshape(-1, batch_size):
+        for p, sampler in enumerate(samplers):
+            own = batch[p * half : (p + 1) * half]
+            x = centres[own % 4] + 0.05 * rng.normal(size=(half, 8))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            sampler.collect(own, x, x)
+    return samplers
+
+
+def test_process_scope_groups_each_process_rows_and_deals_the_groups():
+    samplers = _two_process_epoch()
+    first = samplers[0].order.reshape(-1, 8)
+    own = [s.own_groups() for s in samplers]
+    assert [sorted(o) for o in own] == [sorted(first[:, :4].ravel()), sorted(first[:, 4:].ravel())]
+    orders = [s.order_from_groups(np.concatenate(own)) for s in samplers]
+    np.testing.assert_array_equal(orders[0], orders[1])  # every process computes the same order
+    order = orders[0]
+    assert sorted(order) == list(range(64))
+    blocks = order.reshape(-1, 2, 4)  # global batch × process × local row
+    # Each block is one group: built by one process from its own rows, mostly one cluster.
+    groups = {tuple(g) for g in np.concatenate(own).reshape(-1, 4)}
+    assert {tuple(b) for b in blocks.reshape(-1, 4)} == groups
+    assert sum(len(set(b % 4)) == 1 for b in blocks.reshape(-1, 4)) >= 8  # random: ~0.25
+    # Groups are dealt at random, so process 0 now reads rows process 1 trained on: no process
+    # is locked to one shard of the data.
+    assert set(blocks[:, 0].ravel()) & set(first[:, 4:].ravel())
+
+
+def test_process_scope_state_round_trips_through_a_checkpoint(tmp_path):
+    sampler = grit.GritSampler(64, 8, 16, seed=0, scope="process")  # this one process
+    rng = np.random.default_rng(0)
+    for batch in sampler.order.reshape(-1, 8)[:5]:
+        x = rng.normal(size=(8, 4)).astype(np.float32)
+        sampler.collect(batch, x, x)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1)
+    ckpt.manager.save(
+        3,
+        args=checkpoint.ocp.args.Composite(
+            sampler=checkpoint.ocp.args.StandardSave(sampler.state())
+        ),
+    )
+    ckpt.manager.wait_until_finished()
+    fresh = grit.GritSampler(64, 8, 16, seed=0, scope="process")
+    fresh.load_state(ckpt.restore_sampler(fresh.restore_target))
+    np.testing.assert_array_equal(fresh.collected()[1], sampler.collected()[1])
+    np.testing.assert_array_equal(fresh.next_order(), sampler.next_order())
+    with pytest.raises(ValueError, match="saved with config.grit.scope='process'"):
+        ckpt.restore_sampler(grit.GritSampler(64, 8, 16, seed=0).restore_target)
+    ckpt.close()
+
+
+def test_process_scope_rejects_refresh_and_misfit_search_spaces():
+    with pytest.raises(ValueError, match="refresh_every_steps needs config.grit.scope='global'"):
+        grit.GritSampler(64, 8, 16, 0, refresh_every_steps=2, scope="process")
+    with pytest.raises(ValueError, match="multiple of the local batch 4"):
+        grit.GritSampler(64, 8, 6, 0, scope="process", process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="grit.scope='shard' is not one of"):
+        grit.GritSampler(64, 8, 16, 0, scope="shard")
+
+
+@pytest.mark.slow
+def test_two_processes_group_their_own_rows_and_resume(tmp_path):
+    """2 processes × 4 devices in the process scope: both end with the same grouped order, a
+    permutation, and each restores its own rows (a rerun resumes from the final checkpoint)."""
+    workdir = str(tmp_path / "two")
+    command = ["bash", "launch/local.sh", "2", "4", "--"] + [
+        "--config",
+        "configs/grit_vlp.py:size=tiny",
+        "--workdir",
+        workdir,
+        "--config.grit.scope=process",
+        "--config.grit.search_space=8",
+    ]
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]}
+    for _ in ("fresh", "resumed"):
+        out = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "resumed from the checkpoint of step 8" in out.stdout + out.stderr
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=4, keep=3)
+    # One process here: the saved [2, ...] rows as numpy.
+    state = ckpt.restore_sampler(
+        lambda meta: {k: np.zeros(m.shape, m.dtype) for k, m in meta.items()}
+    )
+    ckpt.close()
+    assert int(state["epoch"]) == 2 and sorted(state["order"]) == list(range(48))
+    # Epoch 2 so far: 2 steps, each process collected its own 8 rows of each global batch.
+    assert state["index"].shape == (2, 16) and list(state["collected"]) == [16, 16]
+    rows = state["order"][:32].reshape(2, 2, 8)  # step × process × row (epoch 2's order)
+    np.testing.assert_array_equal(
+        np.sort(state["index"], axis=1), np.sort(rows.transpose(1, 0, 2).reshape(2, 16), axis=1)
+    )

@@ -45,6 +45,14 @@ def test_grouped_order_equals_the_plain_loop(chunk_spaces):
     np.testing.assert_array_equal(fast, slow)
 
 
+@pytest.mark.parametrize("search_space", [32, 33])  # M even ends with a lone image → text hop
+def test_paper_style_loop_makes_the_same_chains(search_space):
+    v, t = _clustered(3 * search_space, seed=4)
+    paper = grouping.paper_style_grouped_order(v, t, search_space=search_space, seed=2)
+    plain = grouping.reference_grouped_order(v, t, search_space=search_space, seed=2)
+    np.testing.assert_array_equal(paper, plain)
+
+
 def test_grouped_batches_have_harder_negatives_than_random():
     v, t = _clustered(512, clusters=64, seed=2)
     order = grouping.grouped_order(v, t, search_space=128, seed=0, group_size=32)

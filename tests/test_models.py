@@ -376,6 +376,24 @@ def test_interpolate_pos_embed():
     assert out.shape == (1, 37, 32)
 
 
+def test_sincos2d_pos_embed_starts_the_table_at_unit_scale():
+    vit = ViT(**VIT_VARIANTS["mu"], image_size=32, pos_embed_init="sincos2d")
+    pos = nn.unbox(vit.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]["pos_embed"]
+    assert pos.shape == (1, 17, 32)
+    np.testing.assert_array_equal(pos[0, 0], 0.0)  # the CLS slot
+    quarter = 8  # width 32: sin x, cos x, sin y, cos y, 8 frequencies each
+    grid = np.asarray(pos[0, 1:]).reshape(4, 4, 32)  # [row y, column x, dim]
+    np.testing.assert_allclose(grid[2, 3, 0], np.sin(3.0), rtol=1e-6)  # x = 3, ω_0 = 1
+    np.testing.assert_allclose(grid[2, 3, 2 * quarter], np.sin(2.0), rtol=1e-6)  # y = 2
+    np.testing.assert_allclose(
+        grid[..., :quarter] ** 2 + grid[..., quarter : 2 * quarter] ** 2, 1.0, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="pos_embed_init='rope' is not one of"):
+        ViT(**VIT_VARIANTS["mu"], image_size=32, pos_embed_init="rope").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+
+
 def test_variants_and_build_errors():
     for name in ("mu", "tiny", "S/16", "B/16"):
         assert name in VIT_VARIANTS

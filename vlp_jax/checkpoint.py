@@ -10,6 +10,7 @@ is never the one restored.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -25,7 +26,12 @@ class Checkpointer:
         self.every = every
         self.manager = ocp.CheckpointManager(
             self.directory,
-            item_names=("state", "data", "sampler"),
+            # Handlers named up front, so a fresh manager can read a saved item's metadata.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "sampler": ocp.StandardCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True
             ),
@@ -48,14 +54,19 @@ class Checkpointer:
         )
         return restored["state"]
 
-    def restore_sampler(self) -> dict[str, Any] | None:
+    def restore_sampler(self, target: Callable[[Any], Any] | None = None) -> dict[str, Any] | None:
         """The batch sampler's state (GRIT's order and embeddings) of the latest checkpoint, if
-        it saved one; restored first, because the data iterator is built from it."""
+        it saved one; restored first, because the data iterator is built from it. `target` maps
+        the saved item's metadata (shapes, dtypes) to what to restore into."""
         step = self.manager.latest_step()
-        if step is None or "sampler" not in self.manager.item_metadata(step):
+        if step is None:
             return None
+        metadata = self.manager.item_metadata(step)
+        if metadata.get("sampler") is None:
+            return None
+        abstract = None if target is None else target(metadata["sampler"])
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(sampler=ocp.args.StandardRestore())
+            step, args=ocp.args.Composite(sampler=ocp.args.StandardRestore(abstract))
         )
         return dict(restored["sampler"])
 

@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from vlp_jax import sharding
+from vlp_jax.models.vit import POS_EMBED_INITS
 
 MODEL_KINDS = ("albef", "dual_encoder")
 TEXT_ARCHS = ("bert", "clip")
@@ -128,6 +129,7 @@ def model_config(
                 "pre_norm": False,
                 "act": "gelu",
                 "ln_eps": 1e-6,
+                "pos_embed_init": "normal",  # or "sincos2d" (unit-scale 2-D sin/cos start)
             },
             "text": {
                 "vocab_size": vocab_size,
@@ -239,8 +241,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # GRIT-VLP's grouped batches (vlp_jax/grit.py); search_space: a multiple of batch_size.
     # refresh_every_steps: 0 regroups every epoch (the paper), K > 0 every K steps.
+    # scope: "global" groups all processes' pairs together; "process" groups each process's own
+    # (search_space per process, a multiple of the local batch; per epoch only).
     c.grit = ml_collections.ConfigDict(
-        {"enabled": False, "search_space": 1920, "refresh_every_steps": 0}
+        {"enabled": False, "search_space": 1920, "refresh_every_steps": 0, "scope": "global"}
     )
     # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
     c.mesh = (("data", -1),)
@@ -392,6 +396,7 @@ def _validate_towers(config: ml_collections.ConfigDict) -> None:
     _accepted("model.text.arch", arch, TEXT_ARCHS)
     _accepted("model.text.act", text.get("act", "gelu"), ACTIVATIONS)
     _accepted("model.image.act", image.get("act", "gelu"), ACTIVATIONS)
+    _accepted("model.image.pos_embed_init", image.get("pos_embed_init", "normal"), POS_EMBED_INITS)
     for key in ("image.ln_eps", "text.ln_eps"):
         tower, field = key.split(".")
         value = config.model[tower].get(field, 1e-6)
@@ -519,7 +524,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.batch_size={config.batch_size} does not split into "
             f"config.grad_accum_steps={config.grad_accum_steps} microbatches"
         )
-    if config.grit.enabled and config.grit.search_space % config.batch_size:
+    scope = config.grit.get("scope", "global")
+    _accepted("grit.scope", scope, ("global", "process"))
+    if config.grit.enabled and scope == "global" and config.grit.search_space % config.batch_size:
         raise ValueError(
             f"config.grit.search_space={config.grit.search_space} must be a multiple of "
             f"config.batch_size={config.batch_size} (grouped batches are cut from search spaces)"

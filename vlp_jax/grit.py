@@ -11,12 +11,21 @@ With `refresh_every_steps = K > 0` the order is regrouped every K steps instead 
 each period is a fresh grouped permutation of all N examples, by the latest embedding of each
 example seen so far (examples not yet seen fill random batches).
 
-Grouping is global: every process holds the embeddings of the whole global batch, so all compute
-the same order, and each process reads its block of every grouped global batch. No process is
-locked to one shard of the data (unlike the public code), and examples the first epoch dropped
-(the remainder of N / batch) are placed in random batches rather than lost. Its whole state
-(epoch, order, pairs collected so far) is saved with each checkpoint, so a resumed run replays the
-same batches.
+Scope `global` (the default): every process holds the embeddings of the whole global batch, so
+all compute the same order, and each process reads its block of every grouped global batch. No
+process is locked to one shard of the data (unlike the public code), and examples the first epoch
+dropped (the remainder of N / batch) are placed in random batches rather than lost.
+
+Scope `process`, for runs whose N × 2d floats do not fit every host or whose chain is too long for
+one accelerator: each process keeps only the rows it trained on (N / P) and chains them in its own
+search spaces into groups of one local batch (B / P), as the paper's per-GPU sampler does. The
+groups' dataset indices (not embeddings) are then gathered, and every global batch is P groups
+dealt at random, so each epoch a process reads groups that other processes built: still no
+process is locked to a shard. Negatives within a group are hard; those across groups are random.
+It regroups per epoch (`refresh_every_steps` needs the global scope).
+
+The sampler's whole state (epoch, order, pairs collected so far; per process in the process
+scope) is saved with each checkpoint, so a resumed run replays the same batches.
 """
 
 from __future__ import annotations
@@ -26,11 +35,15 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlp_jax.data.grouping import grouped_order
 
 # What the train step returns for the sampler (besides its scalar metrics).
 OUTPUTS = ("out/image_emb", "out/text_emb")
+SCOPES = ("global", "process")
+# State entries that differ between processes in the `process` scope.
+PER_PROCESS = ("collected", "index", "image_emb", "text_emb")
 
 
 class GritSampler:
@@ -43,8 +56,11 @@ class GritSampler:
         search_space: int,
         seed: int,
         refresh_every_steps: int = 0,
+        scope: str = "global",
+        process_index: int | None = None,
+        process_count: int | None = None,
     ):
-        if search_space % batch_size:
+        if scope == "global" and search_space % batch_size:
             raise ValueError(
                 f"config.grit.search_space={search_space} must be a multiple of the global "
                 f"batch_size={batch_size}, so search spaces split into whole batches"
@@ -53,6 +69,23 @@ class GritSampler:
             raise ValueError(f"{num_examples} training examples do not fill one batch")
         if refresh_every_steps < 0:
             raise ValueError(f"config.grit.refresh_every_steps={refresh_every_steps} must be >= 0")
+        if scope not in SCOPES:
+            raise ValueError(f"config.grit.scope={scope!r} is not one of {list(SCOPES)}")
+        self.process_count = jax.process_count() if process_count is None else process_count
+        self.process_index = jax.process_index() if process_index is None else process_index
+        if scope == "process":
+            if refresh_every_steps:
+                raise ValueError(
+                    "config.grit.scope='process' regroups once per epoch; "
+                    "config.grit.refresh_every_steps needs config.grit.scope='global'"
+                )
+            local_batch = batch_size // self.process_count
+            if search_space % local_batch:
+                raise ValueError(
+                    f"with config.grit.scope='process', config.grit.search_space={search_space} "
+                    f"is per process and must be a multiple of the local batch {local_batch}"
+                )
+        self.scope = scope
         self.num_examples = num_examples
         self.refresh_every_steps = refresh_every_steps
         self.batch_size = batch_size
@@ -67,8 +100,16 @@ class GritSampler:
         """Steps between regroupings: an epoch, or `refresh_every_steps`."""
         return self.refresh_every_steps or self.num_examples // self.batch_size
 
+    @property
+    def group_size(self) -> int:
+        """Pairs per grouped chain run: the global batch, or one process's part of it."""
+        if self.scope == "process":
+            return self.batch_size // self.process_count
+        return self.batch_size
+
     def collect(self, index: np.ndarray, image_emb: np.ndarray, text_emb: np.ndarray) -> None:
-        """One global batch: dataset indices [B] and L2-normalised embeddings [B, d]."""
+        """One batch's dataset indices [n] and L2-normalised embeddings [n, d]: the global batch
+        (n = B) in the global scope, this process's rows (n = B / P) in the process scope."""
         self._collected.append(
             (np.asarray(index, np.int64), np.asarray(image_emb), np.asarray(text_emb))
         )
@@ -86,22 +127,45 @@ class GritSampler:
 
     def next_order(self) -> np.ndarray:
         """The grouped order for the next epoch, from this epoch's collected embeddings."""
+        if self.scope == "process":
+            return self.order_from_groups(concat_over_processes(self.own_groups()))
         rng = np.random.default_rng([self.seed, self.epoch + 1])
-        index, v, t = self.collected()
-        grouped = np.zeros(0, np.int64)
-        spaces = len(index) // self.search_space
-        if spaces:
-            pick = rng.permutation(len(index))[: spaces * self.search_space]
-            chain = grouped_order(
-                v[pick], t[pick], search_space=self.search_space, seed=int(rng.integers(2**31))
-            )
-            grouped = index[pick][chain]
-        # Pairs left out (a search space's remainder, examples never seen) fill random batches.
+        return self._with_the_rest(self._chain(*self.collected(), rng), rng)
+
+    def own_groups(self) -> np.ndarray:
+        """Process scope: this process's collected rows chained in its own search spaces, so
+        consecutive runs of B / P are groups (the same length on every process)."""
+        own_rng = np.random.default_rng([self.seed, self.epoch + 1, 1 + self.process_index])
+        return self._chain(*self.collected(), own_rng)
+
+    def order_from_groups(self, groups: np.ndarray) -> np.ndarray:
+        """Process scope: every process's `own_groups`, in process order → the next order (the
+        same on every process), with the groups dealt at random, P to each global batch."""
+        rng = np.random.default_rng([self.seed, self.epoch + 1])
+        groups = np.asarray(groups, np.int64).reshape(-1, self.group_size)
+        return self._with_the_rest(groups[rng.permutation(len(groups))].reshape(-1), rng)
+
+    def _with_the_rest(self, grouped: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Grouped global batches plus random ones of the pairs left out (a search space's
+        remainder, examples never seen), the batches shuffled."""
         rest = np.setdiff1d(np.arange(self.num_examples), grouped)
         order = np.concatenate([grouped, rng.permutation(rest)])
         full = len(order) - len(order) % self.batch_size
         batches = order[:full].reshape(-1, self.batch_size)
         return np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), order[full:]])
+
+    def _chain(
+        self, index: np.ndarray, v: np.ndarray, t: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Dataset indices in chain order: shuffled, cut into whole search spaces, each chained."""
+        spaces = len(index) // self.search_space
+        if not spaces:
+            return np.zeros(0, np.int64)
+        pick = rng.permutation(len(index))[: spaces * self.search_space]
+        chain = grouped_order(
+            v[pick], t[pick], search_space=self.search_space, seed=int(rng.integers(2**31))
+        )
+        return index[pick][chain]
 
     def advance(self) -> None:
         """Ends the epoch (or refresh period): the next order is grouped. Epoch mode starts the
@@ -114,21 +178,48 @@ class GritSampler:
     def state(self) -> dict[str, Any]:
         """Epoch, order and collected pairs; right after an epoch ends nothing is collected yet,
         and since checkpoints cannot hold empty arrays, one placeholder row is stored instead
-        (`collected` says how many rows are real)."""
+        (`collected` says how many rows are real). In the process scope the collected entries
+        are [P, ...] arrays sharded by process, so each process writes only its own rows."""
         index, v, t = self.collected()
         count = len(index)
         if not count:
             index, v, t = np.full(1, -1, np.int64), np.zeros((1, 1)), np.zeros((1, 1))
-        return {
-            "epoch": np.int64(self.epoch),
-            "order": self.order,
+        own = {
             "collected": np.int64(count),
             "index": index,
             "image_emb": v.astype(np.float32),
             "text_emb": t.astype(np.float32),
         }
+        if self.scope == "process":
+            own = {k: stack_processes(np.asarray(x)) for k, x in own.items()}
+        return {"epoch": np.int64(self.epoch), "order": self.order, **own}
+
+    def restore_target(self, metadata: Any) -> dict[str, Any]:
+        """What to restore a saved state into, from its metadata (shapes and dtypes): numpy, or
+        process-sharded arrays for the collected rows of the process scope."""
+        saved_scope = "process" if len(metadata["collected"].shape) else "global"
+        if saved_scope != self.scope:
+            raise ValueError(
+                f"the checkpoint's GRIT sampler was saved with config.grit.scope={saved_scope!r}; "
+                f"resume it with that scope, not {self.scope!r}"
+            )
+        target = {}
+        for key, meta in metadata.items():
+            if self.scope == "process" and key in PER_PROCESS:
+                if meta.shape[0] != self.process_count:
+                    raise ValueError(
+                        f"the checkpoint's GRIT sampler holds the rows of {meta.shape[0]} "
+                        f"processes (config.grit.scope='process'); resume it with that many "
+                        f"processes, not {self.process_count}"
+                    )
+                target[key] = jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=_by_process())
+            else:
+                target[key] = np.zeros(meta.shape, meta.dtype)
+        return target
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if self.scope == "process":
+            state = {k: own_rows(x) if k in PER_PROCESS else x for k, x in state.items()}
         self.epoch = int(state["epoch"])
         self.order = np.asarray(state["order"], np.int64)
         count = int(state.get("collected", len(state["index"])))
@@ -140,14 +231,38 @@ class GritSampler:
         )
 
 
-def global_rows(local_index: np.ndarray) -> np.ndarray:
-    """This process's dataset indices → the global batch's, in global row order (process p holds
-    block p of every global batch)."""
+def _by_process() -> NamedSharding:
+    """Axis 0 split over processes: process p's devices hold row p (replicated among them)."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    mesh = Mesh(np.array(devices).reshape(jax.process_count(), -1), ("process", "local"))
+    return NamedSharding(mesh, PartitionSpec("process"))
+
+
+def stack_processes(own: np.ndarray) -> jax.Array:
+    """Each process's `own` (equal shapes) → one [P, ...] array; row p lives on process p."""
+    return jax.make_array_from_process_local_data(_by_process(), own[None])
+
+
+def own_rows(x: Any) -> np.ndarray:
+    """This process's row of a `stack_processes` array (as restored), as numpy."""
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_data(0))[0]
+    return np.asarray(x)[jax.process_index()]
+
+
+def concat_over_processes(own: np.ndarray) -> np.ndarray:
+    """Every process's 1-D `own` (equal lengths) concatenated in process order; with one process
+    `own` itself. Dataset indices of a global batch (process p holds block p), or chained groups."""
     if jax.process_count() == 1:
-        return np.asarray(local_index)
-    return np.asarray(multihost_utils.process_allgather(np.asarray(local_index))).reshape(-1)
+        return np.asarray(own)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(own))).reshape(-1)
 
 
-def host_copy(x: jax.Array) -> np.ndarray:
-    """A replicated global array (the step's embeddings output) as numpy, on any process."""
-    return np.asarray(x.addressable_data(0))
+def host_rows(x: jax.Array, sampler: GritSampler) -> np.ndarray:
+    """The step's replicated embeddings output as numpy: the global batch, or in the process
+    scope only this process's block of it (the rows of its own examples)."""
+    rows = np.asarray(x.addressable_data(0))
+    if sampler.scope == "global":
+        return rows
+    n = sampler.group_size
+    return rows[sampler.process_index * n : (sampler.process_index + 1) * n]

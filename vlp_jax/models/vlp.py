@@ -258,6 +258,7 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         pre_norm=bool(image.get("pre_norm", False)),
         act=image.get("act", "gelu"),
         ln_eps=float(image.get("ln_eps", VIT_LN_EPS)),
+        pos_embed_init=image.get("pos_embed_init", "normal"),
         **sizes,
     )
 
