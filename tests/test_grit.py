@@ -276,3 +276,64 @@ def test_two_processes_group_their_own_rows_and_resume(tmp_path):
     np.testing.assert_array_equal(
         np.sort(state["index"], axis=1), np.sort(rows.transpose(1, 0, 2).reshape(2, 16), axis=1)
     )
+
+
+_RAGGED_PROCESS = """
+import sys
+import numpy as np
+from vlp_jax.distributed import initialize_distributed
+initialize_distributed()
+import jax
+from vlp_jax import checkpoint, grit
+
+p = jax.process_index()
+sampler = grit.GritSampler(64, 8, 8, seed=0, scope="process")
+rng = np.random.default_rng(p)
+batches = sampler.order.reshape(-1, 8)[:4, p * 4 : (p + 1) * 4]
+if p == 1:  # a bad image's substitute repeats an example: 15 distinct rows, not 16
+    batches = batches.copy()
+    batches[3, 3] = batches[3, 2]
+for index in batches:
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    sampler.collect(index, x, x)
+ckpt = checkpoint.Checkpointer(sys.argv[1], every=1, keep=1)
+ckpt.manager.save(1, args=checkpoint.ocp.args.Composite(
+    sampler=checkpoint.ocp.args.StandardSave(sampler.state())))
+ckpt.manager.wait_until_finished()
+fresh = grit.GritSampler(64, 8, 8, seed=0, scope="process")
+fresh.load_state(ckpt.restore_sampler(fresh.restore_target))
+ckpt.close()
+index, v, _ = fresh.collected()
+assert len(index) == (16 if p == 0 else 15), len(index)
+np.testing.assert_array_equal(v, sampler.collected()[1])
+np.save(f"{sys.argv[1]}/order_{p}.npy", fresh.next_order())
+"""
+
+
+def test_process_scope_with_unequal_rows_saves_restores_and_agrees(tmp_path):
+    """2 real processes whose collected row counts differ (16 vs 15): the checkpoint pads and
+    restores each process's own rows, and both compute the same grouped order."""
+    port = 20000 + os.getpid() % 20000
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RAGGED_PROCESS, str(tmp_path)],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(p),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for p in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), "\n".join(o[-2000:] for o in outputs)
+    orders = [np.load(tmp_path / f"order_{p}.npy") for p in range(2)]
+    np.testing.assert_array_equal(orders[0], orders[1])
+    assert sorted(orders[0]) == list(range(64))

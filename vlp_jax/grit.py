@@ -128,19 +128,20 @@ class GritSampler:
     def next_order(self) -> np.ndarray:
         """The grouped order for the next epoch, from this epoch's collected embeddings."""
         if self.scope == "process":
-            return self.order_from_groups(concat_over_processes(self.own_groups()))
+            return self.order_from_groups(concat_over_processes(self.own_groups(), ragged=True))
         rng = np.random.default_rng([self.seed, self.epoch + 1])
         return self._with_the_rest(self._chain(*self.collected(), rng), rng)
 
     def own_groups(self) -> np.ndarray:
         """Process scope: this process's collected rows chained in its own search spaces, so
-        consecutive runs of B / P are groups (the same length on every process)."""
+        consecutive runs of B / P are groups."""
         own_rng = np.random.default_rng([self.seed, self.epoch + 1, 1 + self.process_index])
         return self._chain(*self.collected(), own_rng)
 
     def order_from_groups(self, groups: np.ndarray) -> np.ndarray:
         """Process scope: every process's `own_groups`, in process order → the next order (the
-        same on every process), with the groups dealt at random, P to each global batch."""
+        same on every process), with the groups dealt at random, P to each global batch. Groups
+        start at multiples of B / P, so each lands whole in one process's block."""
         rng = np.random.default_rng([self.seed, self.epoch + 1])
         groups = np.asarray(groups, np.int64).reshape(-1, self.group_size)
         return self._with_the_rest(groups[rng.permutation(len(groups))].reshape(-1), rng)
@@ -182,8 +183,17 @@ class GritSampler:
         are [P, ...] arrays sharded by process, so each process writes only its own rows."""
         index, v, t = self.collected()
         count = len(index)
+        # Rows (at least one: the placeholder) and width every process pads to: in the process
+        # scope the counts can differ (a bad image's substitute can repeat an example).
+        rows, dim = max(count, 1), v.shape[1] if count else 1
+        if self.scope == "process":
+            sizes = concat_over_processes(np.asarray([rows, dim])).reshape(-1, 2)
+            rows, dim = (int(x) for x in sizes.max(axis=0))
         if not count:
-            index, v, t = np.full(1, -1, np.int64), np.zeros((1, 1)), np.zeros((1, 1))
+            v = t = np.zeros((0, dim), np.float32)
+        pad = ((0, rows - count), (0, dim - v.shape[1]))
+        index = np.concatenate([index, np.full(rows - count, -1, np.int64)])
+        v, t = np.pad(v, pad), np.pad(t, pad)
         own = {
             "collected": np.int64(count),
             "index": index,
@@ -250,12 +260,20 @@ def own_rows(x: Any) -> np.ndarray:
     return np.asarray(x)[jax.process_index()]
 
 
-def concat_over_processes(own: np.ndarray) -> np.ndarray:
-    """Every process's 1-D `own` (equal lengths) concatenated in process order; with one process
-    `own` itself. Dataset indices of a global batch (process p holds block p), or chained groups."""
+def concat_over_processes(own: np.ndarray, *, ragged: bool = False) -> np.ndarray:
+    """Every process's 1-D `own` concatenated in process order; with one process `own` itself.
+    Dataset indices of a global batch (process p holds block p), or chained groups (`ragged`:
+    lengths may differ, at the cost of one more gather)."""
+    own = np.asarray(own)
     if jax.process_count() == 1:
-        return np.asarray(own)
-    return np.asarray(multihost_utils.process_allgather(np.asarray(own))).reshape(-1)
+        return own
+    if not ragged:
+        return np.asarray(multihost_utils.process_allgather(own)).reshape(-1)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(own)))).reshape(-1)
+    padded = np.zeros(max(int(lengths.max()), 1), own.dtype)
+    padded[: len(own)] = own
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return np.concatenate([row[:n] for row, n in zip(rows, lengths)])
 
 
 def host_rows(x: jax.Array, sampler: GritSampler) -> np.ndarray:
