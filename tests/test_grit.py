@@ -165,9 +165,13 @@ def test_sampler_checkpoints_right_after_an_epoch_ends(tmp_path):
     np.testing.assert_array_equal(fresh.order, sampler.order)
 
 
-def _two_process_epoch(batch_size: int = 8, search_space: int = 16, num_examples: int = 64):
+def _two_process_epoch(
+    batch_size: int = 8, search_space: int = 16, num_examples: int = 64, substitute: bool = False
+):
     """Samplers of processes 0 and 1 (scope "process") after one epoch, each having collected
-    its own block of every global batch; embeddings in 4 tight clusters by dataset index."""
+    its own block of every global batch; embeddings in 4 tight clusters by dataset index. With
+    `substitute`, process 1's first row of the last batch is an example of process 0's block
+    (as a bad image's substitute can be)."""
     samplers = [
         grit.GritSampler(
             num_examples,
@@ -183,7 +187,10 @@ def _two_process_epoch(batch_size: int = 8, search_space: int = 16, num_examples
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 8))
     half = batch_size // 2
-    for batch in samplers[0].order.reshape(-1, batch_size):
+    batches = samplers[0].order.reshape(-1, batch_size).copy()
+    if substitute:
+        batches[-1, half] = batches[-1, half - 1]
+    for batch in batches:
         for p, sampler in enumerate(samplers):
             own = batch[p * half : (p + 1) * half]
             x = centres[own % 4] + 0.05 * rng.normal(size=(half, 8))
@@ -337,3 +344,29 @@ def test_process_scope_with_unequal_rows_saves_restores_and_agrees(tmp_path):
     orders = [np.load(tmp_path / f"order_{p}.npy") for p in range(2)]
     np.testing.assert_array_equal(orders[0], orders[1])
     assert sorted(orders[0]) == list(range(64))
+
+
+def test_process_scope_leaves_a_substitute_from_another_block_to_its_owner():
+    """A bad image's substitute is the next pair in source order, which can sit in another
+    process's block: only the process the order gave it to may group it."""
+    samplers = _two_process_epoch(substitute=True)
+    own = [s.own_groups() for s in samplers]
+    order = samplers[0].order_from_groups(np.concatenate(own))
+    assert sorted(order) == list(range(64))
+    first = samplers[0].order.reshape(-1, 8)
+    assert set(own[1]) <= set(first[:, 4:].ravel())
+
+
+def test_sampler_guards_simulated_processes_old_checkpoints_and_mesh_layout():
+    two = grit.GritSampler(64, 8, 16, 0, scope="process", process_index=1, process_count=2)
+    with pytest.raises(RuntimeError, match="stands for process 1 of 2"):
+        two.next_order()
+    old = {k: np.zeros(1) for k in ("epoch", "order", "index", "image_emb", "text_emb")}
+    assert set(grit.GritSampler(64, 8, 16, 0).restore_target(old)) == set(old)
+
+    class HalfTheRows:  # a layout whose process holds rows 0-3 of 8, not block 0 = 0-7
+        def addressable_devices_indices_map(self, shape):
+            return {"cpu0": (slice(0, 4),)}
+
+    with pytest.raises(ValueError, match=r"block \[0, 8\); this mesh gives it 4 rows"):
+        grit.check_process_blocks(HalfTheRows(), 8)

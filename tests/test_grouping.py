@@ -62,6 +62,13 @@ def test_grouped_batches_have_harder_negatives_than_random():
     assert grouped > baseline + 0.1, (grouped, baseline)
 
 
+def test_grouped_order_refuses_non_finite_embeddings():
+    v, t = _clustered(64)
+    v[17, 3] = np.nan
+    with pytest.raises(ValueError, match=r"image_emb has 1 rows with NaN or inf \(first: row 17\)"):
+        grouping.grouped_order(v, t, search_space=32, seed=0)
+
+
 def test_grouped_order_names_bad_sizes():
     v, t = _clustered(100)
     with pytest.raises(ValueError, match="not a multiple of search_space=64"):

@@ -526,6 +526,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     scope = config.grit.get("scope", "global")
     _accepted("grit.scope", scope, ("global", "process"))
+    if scope == "process" and config.grit.get("refresh_every_steps", 0):
+        raise ValueError(
+            "config.grit.scope='process' regroups once per epoch; "
+            "config.grit.refresh_every_steps needs config.grit.scope='global'"
+        )
     if config.grit.enabled and scope == "global" and config.grit.search_space % config.batch_size:
         raise ValueError(
             f"config.grit.search_space={config.grit.search_space} must be a multiple of "

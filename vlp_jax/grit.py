@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -125,18 +126,34 @@ class GritSampler:
         self._collected = [(index, v, t)]
         return index, v, t
 
+    def _check_real_processes(self) -> None:
+        """`process_index`/`process_count` overrides simulate processes in tests; what gathers
+        across processes needs the real ones."""
+        if (self.process_index, self.process_count) != (jax.process_index(), jax.process_count()):
+            raise RuntimeError(
+                f"this sampler stands for process {self.process_index} of {self.process_count}, "
+                f"but runs as {jax.process_index()} of {jax.process_count()}"
+            )
+
     def next_order(self) -> np.ndarray:
         """The grouped order for the next epoch, from this epoch's collected embeddings."""
         if self.scope == "process":
+            self._check_real_processes()
             return self.order_from_groups(concat_over_processes(self.own_groups(), ragged=True))
         rng = np.random.default_rng([self.seed, self.epoch + 1])
         return self._with_the_rest(self._chain(*self.collected(), rng), rng)
 
     def own_groups(self) -> np.ndarray:
         """Process scope: this process's collected rows chained in its own search spaces, so
-        consecutive runs of B / P are groups."""
+        consecutive runs of B / P are groups. Only examples this epoch's order gave to this
+        process count: a bad image's substitute (the next pair in source order) can belong to
+        another process's block, and that process groups it."""
         own_rng = np.random.default_rng([self.seed, self.epoch + 1, 1 + self.process_index])
-        return self._chain(*self.collected(), own_rng)
+        index, v, t = self.collected()
+        steps, n = self.steps_per_epoch, self.group_size
+        mine = self.order[: steps * self.batch_size].reshape(steps, -1, n)[:, self.process_index]
+        keep = np.isin(index, mine)
+        return self._chain(index[keep], v[keep], t[keep], own_rng)
 
     def order_from_groups(self, groups: np.ndarray) -> np.ndarray:
         """Process scope: every process's `own_groups`, in process order → the next order (the
@@ -161,6 +178,13 @@ class GritSampler:
         """Dataset indices in chain order: shuffled, cut into whole search spaces, each chained."""
         spaces = len(index) // self.search_space
         if not spaces:
+            if len(index):
+                logging.warning(
+                    "GRIT: %d collected pairs do not fill one search space of %d; the next "
+                    "epoch is not grouped (lower config.grit.search_space)",
+                    len(index),
+                    self.search_space,
+                )
             return np.zeros(0, np.int64)
         pick = rng.permutation(len(index))[: spaces * self.search_space]
         chain = grouped_order(
@@ -187,6 +211,7 @@ class GritSampler:
         # scope the counts can differ (a bad image's substitute can repeat an example).
         rows, dim = max(count, 1), v.shape[1] if count else 1
         if self.scope == "process":
+            self._check_real_processes()
             sizes = concat_over_processes(np.asarray([rows, dim])).reshape(-1, 2)
             rows, dim = (int(x) for x in sizes.max(axis=0))
         if not count:
@@ -207,7 +232,9 @@ class GritSampler:
     def restore_target(self, metadata: Any) -> dict[str, Any]:
         """What to restore a saved state into, from its metadata (shapes and dtypes): numpy, or
         process-sharded arrays for the collected rows of the process scope."""
-        saved_scope = "process" if len(metadata["collected"].shape) else "global"
+        # Checkpoints older than the `collected` entry are global-scope ones.
+        collected = metadata.get("collected")
+        saved_scope = "process" if collected is not None and len(collected.shape) else "global"
         if saved_scope != self.scope:
             raise ValueError(
                 f"the checkpoint's GRIT sampler was saved with config.grit.scope={saved_scope!r}; "
@@ -258,6 +285,21 @@ def own_rows(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array):
         return np.asarray(x.addressable_data(0))[0]
     return np.asarray(x)[jax.process_index()]
+
+
+def check_process_blocks(batch_sharding: jax.sharding.Sharding, batch_size: int) -> None:
+    """The sampler reads process p's rows as block p of each global batch (B / P rows). Refuse
+    a mesh where they are not, e.g. one whose device order interleaves hosts."""
+    n, p = batch_size // jax.process_count(), jax.process_index()
+    rows: set[int] = set()
+    for index in batch_sharding.addressable_devices_indices_map((batch_size,)).values():
+        rows.update(range(*index[0].indices(batch_size)))
+    if rows != set(range(p * n, (p + 1) * n)):
+        raise ValueError(
+            f"config.grit.enabled needs process {p}'s rows of the global batch to be block "
+            f"[{p * n}, {(p + 1) * n}); this mesh gives it {len(rows)} rows from {min(rows)} to "
+            f"{max(rows)}. Order config.mesh's devices by process."
+        )
 
 
 def concat_over_processes(own: np.ndarray, *, ragged: bool = False) -> np.ndarray:

@@ -322,6 +322,7 @@ def train_and_evaluate(
             refresh_every_steps=int(config.grit.get("refresh_every_steps", 0)),
             scope=config.grit.get("scope", "global"),
         )
+        grit.check_process_blocks(sharding.batch_sharding(mesh), config.batch_size)
         saved = ckpt.restore_sampler(sampler.restore_target)
         if saved is not None:
             sampler.load_state(saved)

@@ -77,6 +77,15 @@ def grouped_order(
         raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} differ")
     if n % search_space:
         raise ValueError(f"{n} pairs are not a multiple of search_space={search_space}")
+    for name, x in (("image_emb", image_emb), ("text_emb", text_emb)):
+        # The chain's additive −inf mask needs finite similarities (NaN + −inf is NaN, and an
+        # argmax over NaN could revisit a used pair).
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{name} has {int(bad.sum())} rows with NaN or inf (first: row "
+                f"{int(np.argmax(bad))}); grouping needs finite, L2-normalised embeddings"
+            )
     if group_size is not None and search_space % group_size:
         raise ValueError(
             f"search_space={search_space} is not a multiple of group_size={group_size}"

@@ -41,13 +41,24 @@ def mask_relation_words(
     return masked, rows, positions, truth
 
 
+def relation_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The token id of each relation word; each must be one known token of the vocabulary."""
+    ids = []
+    for word in RELATION_WORDS:
+        tokens, mask = tokenizer.encode([word], 4)
+        if mask[0].sum() != 3 or tokens[0, 1] == tokenizer.unk_id:  # [CLS] word [SEP]
+            raise ValueError(f"the tokenizer does not hold {word!r} as one token")
+        ids.append(int(tokens[0, 1]))
+    return ids
+
+
 def relation_word_accuracy(
     model, params, config: ml_collections.ConfigDict, tokenizer: Tokenizer, batch: int = 100
 ) -> dict[str, float]:
     """Percentages over the evaluation split's relational captions: the right word, the right
     axis, and the right direction among captions whose axis it got right."""
     data = pipeline.eval_arrays(config, tokenizer)
-    relation_ids = [int(tokenizer.encode([w], 3)[0][0][1]) for w in RELATION_WORDS]
+    relation_ids = relation_token_ids(tokenizer)
     masked, rows, positions, truth = mask_relation_words(
         data["input_ids"], relation_ids, tokenizer.mask_id
     )
