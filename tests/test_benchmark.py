@@ -54,3 +54,19 @@ def test_pipeline_benchmark_times_both_formats(tmp_path):
         ("array_record", 32, 1),
     ]
     assert all(r["pairs_per_sec"] > 0 for r in rows)
+
+
+def test_grouping_benchmark_times_both_loops_at_equal_quality():
+    from vlp_jax.benchmark import grouping as bench
+
+    row = bench.measure(3 * 64, 8, search_space=64, batch=16, reference_up_to=10**6, repeats=2)
+    assert row["repeats"] == 2 and row["jax_seconds"] > 0 and row["matmul_floor_seconds"] > 0
+    # The same chains, so the same batches' hardness; both harder than random batches.
+    assert row["hardest_negative_sim_grouped"] == pytest.approx(
+        row["hardest_negative_sim_reference"]
+    )
+    assert row["hardest_negative_sim_paper_loop"] == pytest.approx(
+        row["hardest_negative_sim_reference"]
+    )
+    assert row["hardest_negative_sim_grouped"] > row["hardest_negative_sim_random"]
+    assert row["speedup_vs_paper_loop"] > 0 and row["ratio_to_matmul_floor"] > 0
