@@ -58,6 +58,17 @@ def test_bad_values_name_the_key_and_accepted_values():
     config.itm.mode = "max"
     with pytest.raises(ValueError, match="config.itm.mode='max'"):
         config_lib.validate(config)
+    config = load_config("grit_vlp", "tiny")
+    config.grit.scope = "host"
+    with pytest.raises(ValueError, match=r"config.grit.scope='host'.*\['global', 'process'\]"):
+        config_lib.validate(config)
+    config.grit.scope, config.grit.refresh_every_steps = "process", 2
+    with pytest.raises(ValueError, match="refresh_every_steps needs config.grit.scope='global'"):
+        config_lib.validate(config)
+    config = load_config("albef", "tiny")
+    config.model.image.pos_embed_init = "rope"
+    with pytest.raises(ValueError, match="config.model.image.pos_embed_init='rope'"):
+        config_lib.validate(config)
 
 
 def test_config_argument_parsing():

@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from vlp_jax import sharding
+from vlp_jax.grit import SCOPES as GRIT_SCOPES
 from vlp_jax.models.vit import POS_EMBED_INITS
 
 MODEL_KINDS = ("albef", "dual_encoder")
@@ -525,7 +526,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.grad_accum_steps={config.grad_accum_steps} microbatches"
         )
     scope = config.grit.get("scope", "global")
-    _accepted("grit.scope", scope, ("global", "process"))
+    _accepted("grit.scope", scope, GRIT_SCOPES)
     if scope == "process" and config.grit.get("refresh_every_steps", 0):
         raise ValueError(
             "config.grit.scope='process' regroups once per epoch; "
