@@ -55,6 +55,13 @@ def test_bad_values_name_the_key_and_accepted_values():
     with pytest.raises(ValueError, match="config.loss_weights.itm"):
         config_lib.validate(config)
     config = load_config("albef", "tiny")
+    config.itm.warmup_steps = 100
+    with pytest.raises(ValueError, match="config.itm.warmup_temperature=0.0 must be a positive"):
+        config_lib.validate(config)
+    config.itm.warmup_temperature, config.itm.mode = 1.0, "argmax"
+    with pytest.raises(ValueError, match="warmup_steps=100 anneals the sampling temperature"):
+        config_lib.validate(config)
+    config = load_config("albef", "tiny")
     config.itm.mode = "max"
     with pytest.raises(ValueError, match="config.itm.mode='max'"):
         config_lib.validate(config)
@@ -62,9 +69,11 @@ def test_bad_values_name_the_key_and_accepted_values():
     config.grit.scope = "host"
     with pytest.raises(ValueError, match=r"config.grit.scope='host'.*\['global', 'process'\]"):
         config_lib.validate(config)
-    config.grit.scope, config.grit.refresh_every_steps = "process", 2
-    with pytest.raises(ValueError, match="refresh_every_steps needs config.grit.scope='global'"):
+    config.grit.scope, config.grit.refresh_every_steps = "process", -2
+    with pytest.raises(ValueError, match="config.grit.refresh_every_steps=-2 must be >= 0"):
         config_lib.validate(config)
+    config.grit.refresh_every_steps = 2
+    config_lib.validate(config)  # refresh periods work in both scopes
     config = load_config("albef", "tiny")
     config.model.image.pos_embed_init = "rope"
     with pytest.raises(ValueError, match="config.model.image.pos_embed_init='rope'"):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlp_jax import losses, sharding, train
+from vlp_jax import config_lib, losses, objectives, sharding, train
 
 
 def _regression(params, batch, rng):
@@ -88,3 +88,39 @@ def test_train_step_with_accumulation_makes_the_same_update():
     np.testing.assert_allclose(w_4, w_1, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(m_4["train/loss"], m_1["train/loss"], rtol=1e-5)
     np.testing.assert_allclose(m_4["train/abs_err"], m_1["train/abs_err"], rtol=1e-5)
+
+
+def test_scheduled_objectives_see_the_step_in_every_microbatch():
+    """With `itm.warmup_steps`, the step reaches the objective as `batch["step"]`, one copy per
+    row, so accumulation splits it like the data."""
+    params, data = _problem(np.random.default_rng(3))
+    mesh = sharding.make_mesh((("data", 8),))
+    config = config_lib.base_config()
+    config.itm.warmup_steps = 10
+
+    def sees_step(params, batch, rng):
+        loss, metrics = _regression(params, batch, rng)
+        step = batch["step"]
+        return loss, {**metrics, "seen": jnp.mean(step), "spread": jnp.ptp(step)}
+
+    tx = optax.sgd(0.0)
+    state = {
+        "step": jnp.asarray(7, jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(0)),
+        "params": params,
+        "opt_state": tx.init(params),
+    }
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+    step = train.make_train_step(
+        sees_step, tx, optax.constant_schedule(0.0), shardings, mesh, 4, config
+    )
+    with jax.set_mesh(mesh):
+        _, metrics = step(state, sharding.to_global(data, mesh))
+    assert float(metrics["seen"]) == 7.0 and float(metrics["spread"]) == 0.0
+
+
+def test_itm_warmup_temperature_moves_linearly_to_the_sampling_one():
+    at = lambda s: float(objectives.warmed_up_temperature(jnp.asarray(s), 1.0, 0.01, 100))  # noqa: E731
+    np.testing.assert_allclose(
+        [at(0), at(50), at(100), at(400)], [1.0, 0.505, 0.01, 0.01], rtol=1e-5
+    )

@@ -165,6 +165,14 @@ def test_sampler_checkpoints_right_after_an_epoch_ends(tmp_path):
     np.testing.assert_array_equal(fresh.order, sampler.order)
 
 
+def _simulated_processes(*args, **kwargs) -> list[grit.GritSampler]:
+    """The samplers of processes 0 and 1 of 2 in the process scope, in one process."""
+    return [
+        grit.GritSampler(*args, seed=0, scope="process", process_index=p, process_count=2, **kwargs)
+        for p in range(2)
+    ]
+
+
 def _two_process_epoch(
     batch_size: int = 8, search_space: int = 16, num_examples: int = 64, substitute: bool = False
 ):
@@ -172,18 +180,7 @@ def _two_process_epoch(
     its own block of every global batch; embeddings in 4 tight clusters by dataset index. With
     `substitute`, process 1's first row of the last batch is an example of process 0's block
     (as a bad image's substitute can be)."""
-    samplers = [
-        grit.GritSampler(
-            num_examples,
-            batch_size,
-            search_space,
-            seed=0,
-            scope="process",
-            process_index=p,
-            process_count=2,
-        )
-        for p in range(2)
-    ]
+    samplers = _simulated_processes(num_examples, batch_size, search_space)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 8))
     half = batch_size // 2
@@ -241,9 +238,38 @@ def test_process_scope_state_round_trips_through_a_checkpoint(tmp_path):
     ckpt.close()
 
 
-def test_process_scope_rejects_refresh_and_misfit_search_spaces():
-    with pytest.raises(ValueError, match="refresh_every_steps needs config.grit.scope='global'"):
-        grit.GritSampler(64, 8, 16, 0, refresh_every_steps=2, scope="process")
+def test_process_scope_refresh_groups_each_example_once_by_its_last_trainer():
+    """Refresh periods of 2 steps, 2 simulated processes: an example seen by both (in different
+    periods) is grouped only by the one that trained on it last, with that latest embedding."""
+    samplers = _simulated_processes(64, 8, 8, refresh_every_steps=2)
+    rng = np.random.default_rng(0)
+    last_trainer, latest = {}, {}
+    for _ in range(6):
+        for batch in samplers[0].order[:16].reshape(2, 2, 4):  # step × process × row
+            for p, sampler in enumerate(samplers):
+                x = rng.normal(size=(4, 8)) + 3.0 * (batch[p] % 4 == 0)[:, None]
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                sampler.collect(batch[p], x, x)
+                last_trainer.update({int(i): p for i in batch[p]})
+                latest.update({int(i): row for i, row in zip(batch[p], x)})
+        # What `advance` does, minus the gather of real processes.
+        own = [sampler.own_groups() for sampler in samplers]
+        for p, groups in enumerate(own):
+            assert all(last_trainer[int(i)] == p for i in groups)
+            index, v, _ = samplers[p].collected()  # only owned rows are kept, at their latest
+            assert all(last_trainer[int(i)] == p for i in index)
+            np.testing.assert_array_equal(v, np.stack([latest[int(i)] for i in index]))
+        assert not set(own[0]) & set(own[1])
+        orders = [sampler.order_from_groups(np.concatenate(own)) for sampler in samplers]
+        np.testing.assert_array_equal(orders[0], orders[1])
+        assert sorted(orders[0]) == list(range(64))
+        for sampler in samplers:
+            sampler.order, sampler.epoch = orders[0], sampler.epoch + 1
+    # Every example seen is grouped, but for each process's remainder of a search space.
+    assert len(last_trainer) > 32 and len(np.concatenate(own)) > len(last_trainer) - 2 * 8
+
+
+def test_process_scope_rejects_misfit_search_spaces():
     with pytest.raises(ValueError, match="multiple of the local batch 4"):
         grit.GritSampler(64, 8, 6, 0, scope="process", process_index=0, process_count=2)
     with pytest.raises(ValueError, match="grit.scope='shard' is not one of"):
@@ -294,7 +320,8 @@ import jax
 from vlp_jax import checkpoint, grit
 
 p = jax.process_index()
-sampler = grit.GritSampler(64, 8, 8, seed=0, scope="process")
+# Regrouped every 4 steps: the 4 collected are one whole period.
+sampler = grit.GritSampler(64, 8, 8, seed=0, refresh_every_steps=4, scope="process")
 rng = np.random.default_rng(p)
 batches = sampler.order.reshape(-1, 8)[:4, p * 4 : (p + 1) * 4]
 if p == 1:  # a bad image's substitute repeats an example: 15 distinct rows, not 16
@@ -307,19 +334,23 @@ ckpt = checkpoint.Checkpointer(sys.argv[1], every=1, keep=1)
 ckpt.manager.save(1, args=checkpoint.ocp.args.Composite(
     sampler=checkpoint.ocp.args.StandardSave(sampler.state())))
 ckpt.manager.wait_until_finished()
-fresh = grit.GritSampler(64, 8, 8, seed=0, scope="process")
+fresh = grit.GritSampler(64, 8, 8, seed=0, refresh_every_steps=4, scope="process")
 fresh.load_state(ckpt.restore_sampler(fresh.restore_target))
 ckpt.close()
 index, v, _ = fresh.collected()
 assert len(index) == (16 if p == 0 else 15), len(index)
 np.testing.assert_array_equal(v, sampler.collected()[1])
-np.save(f"{sys.argv[1]}/order_{p}.npy", fresh.next_order())
+order = fresh.next_order()
+owned = (fresh.owner == p).sum()
+assert owned == 16 and (fresh.owner >= 0).sum() == 32, fresh.owner
+np.save(f"{sys.argv[1]}/order_{p}.npy", order)
 """
 
 
 def test_process_scope_with_unequal_rows_saves_restores_and_agrees(tmp_path):
     """2 real processes whose collected row counts differ (16 vs 15): the checkpoint pads and
-    restores each process's own rows, and both compute the same grouped order."""
+    restores each process's own rows, and both compute the same grouped order (at the end of a
+    refresh period, from the examples each owns)."""
     port = 20000 + os.getpid() % 20000
     procs = [
         subprocess.Popen(

@@ -90,6 +90,32 @@ def test_hard_negatives_false_and_positives_true(test_source: shapes.ShapesSourc
         assert text != desc.text()
 
 
+def test_one_object_captions_say_the_object_is_alone() -> None:
+    lone = shapes.Scene((shapes.ShapeObject("circle", "red", "small", 0.5, 0.5),), None, (0,))
+    desc = shapes.describe(lone, 0)
+    assert desc.text() == "a small red circle alone" and desc.holds_for(lone, strict=True)
+    crowded = shapes.Scene(
+        (*lone.objects, shapes.ShapeObject("square", "blue", "large", 0.2, 0.2)), "left of", (0,)
+    )
+    assert not desc.holds_for(crowded, strict=False)
+
+
+def test_few_captions_are_true_of_other_images() -> None:
+    """Similarity-mined ITM negatives are only as good as the data: in random training batches
+    of 64, few images have another example's caption true for them (42% before one-object
+    captions said "alone")."""
+    rng = np.random.default_rng(0)
+    hit = []
+    for _ in range(10):
+        index = rng.integers(0, 200_000, 64)
+        scenes = [shapes.generate_scene("train", int(i) // 2) for i in index]
+        descs = [shapes.describe(scene, int(i) % 2) for scene, i in zip(scenes, index)]
+        for k, scene in enumerate(scenes):
+            others = (d for d, i in zip(descs, index) if i // 2 != index[k] // 2)
+            hit.append(any(d.holds_for(scene, strict=False) for d in others))
+    assert np.mean(hit) < 0.12, np.mean(hit)
+
+
 def test_negative_not_true_via_third_object() -> None:
     # Object 2, a large white circle, is also left of the blue square: a subject recoloured to
     # white is then true of the picture, which the truth check must see.  With the third object

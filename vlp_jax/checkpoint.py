@@ -2,20 +2,64 @@
 
 Layout: `{workdir}/checkpoints/<step>/state/...` (sharded arrays, each process writes its shards)
 and `<step>/data/process_<i>-of-<n>.json` (Grain iterator positions), plus `<step>/sampler/`
-when a batch sampler keeps state (GRIT's epoch order and collected embeddings). Orbax writes a
+when a batch sampler keeps state (GRIT's epoch order and collected embeddings), and
+`<step>/fingerprint` (what the saved token ids and data positions mean; a resume or evaluation
+with another tokenizer vocabulary or dataset version stops instead of running wrong). Orbax writes a
 step into a temporary directory and renames it when complete, so a save interrupted by a crash
 is never the one restored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from vlp_jax.data import shapes
+from vlp_jax.data.tokenizer import Tokenizer
+
+
+def run_fingerprint(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, str]:
+    """What a checkpoint's weights and data positions mean, beyond array shapes: the tokenizer's
+    vocabulary (a changed one keeps every shape but shifts the token ids) and, for `shapes`, the
+    generator version."""
+    vocab = json.dumps(sorted(tokenizer.backend.get_vocab().items()))
+    out = {"tokenizer_vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()}
+    if config.data.name == "shapes":
+        out["shapes_generator_version"] = str(shapes.GENERATOR_VERSION)
+    return out
+
+
+def check_fingerprint(manager: ocp.CheckpointManager, step: int, expected: dict[str, str]) -> None:
+    """Raises if checkpoint `step` was saved with another `run_fingerprint`; warns if it has
+    none (saved before fingerprints, so it cannot be checked)."""
+    where = f"{manager.directory}/{step}"
+    if not (epath.Path(manager.directory) / str(step) / "fingerprint").exists():
+        logging.warning(
+            "checkpoint %s has no fingerprint (saved by an older vlp_jax): its tokenizer and "
+            "dataset version cannot be checked against this run's",
+            where,
+        )
+        return
+    saved = manager.restore(step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))
+    saved = dict(saved["fingerprint"])
+    differ = sorted(k for k in expected if saved.get(k) != expected[k])
+    if differ:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {expected[k]!r}" for k in differ)
+        raise ValueError(
+            f"checkpoint {where} was made with another tokenizer or dataset ({details}). Its "
+            "weights would read this run's token ids or examples wrongly; use a new --workdir "
+            "(or the tokenizer and data it was trained with)."
+        )
 
 
 class Checkpointer:
@@ -31,6 +75,7 @@ class Checkpointer:
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
                 "sampler": ocp.StandardCheckpointHandler(),
+                "fingerprint": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=True
@@ -39,6 +84,12 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def check_fingerprint(self, expected: dict[str, str]) -> None:
+        """`check_fingerprint` against the latest checkpoint, if there is one."""
+        step = self.manager.latest_step()
+        if step is not None:
+            check_fingerprint(self.manager, step, expected)
 
     def restore(self, abstract_state: Any, data_iter: grain.DatasetIterator) -> Any | None:
         """The latest complete checkpoint into `abstract_state`'s shardings (and `data_iter`)."""
@@ -76,11 +127,14 @@ class Checkpointer:
         state: Any,
         data_iter: grain.DatasetIterator,
         sampler: dict[str, Any] | None = None,
+        fingerprint: dict[str, str] | None = None,
     ) -> None:
         items = {
             "state": ocp.args.StandardSave(state),
             "data": grain.checkpoint.CheckpointSave(data_iter),
         }
+        if fingerprint is not None:
+            items["fingerprint"] = ocp.args.JsonSave(fingerprint)
         if sampler is not None:
             items["sampler"] = ocp.args.StandardSave(sampler)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)

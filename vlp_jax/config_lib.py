@@ -218,6 +218,11 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "mode": "sample",  # "argmax": GRIT-VLP's hardest negative
             "sample_temperature": 0.0,  # 0: ALBEF's, the learned ITC temperature
+            # > 0 steps: negatives start easy, drawn at warmup_temperature, and the sampling
+            # temperature moves linearly to the one above over warmup_steps (from scratch,
+            # hard negatives from step 0 leave ITM at chance for hundreds of steps).
+            "warmup_temperature": 0.0,
+            "warmup_steps": 0,
             # > 0: never mine a candidate with cosine ≥ cap × the positive's (likely a false
             # negative; losses.itm_negatives).
             "positive_ratio_cap": 0.0,
@@ -243,7 +248,7 @@ def base_config() -> ml_collections.ConfigDict:
     # GRIT-VLP's grouped batches (vlp_jax/grit.py); search_space: a multiple of batch_size.
     # refresh_every_steps: 0 regroups every epoch (the paper), K > 0 every K steps.
     # scope: "global" groups all processes' pairs together; "process" groups each process's own
-    # (search_space per process, a multiple of the local batch; per epoch only).
+    # (search_space per process, a multiple of the local batch).
     c.grit = ml_collections.ConfigDict(
         {"enabled": False, "search_space": 1920, "refresh_every_steps": 0, "scope": "global"}
     )
@@ -341,11 +346,6 @@ def use_demo_run(c: ml_collections.ConfigDict, kind: str, *, steps: int) -> None
     c.optimizer.warmup_init = 1e-5
     c.optimizer.warmup_steps = 200
     c.optimizer.weight_decay = 0.02
-    # From scratch on `shapes`, negatives drawn with the (quickly small) ITC temperature are
-    # near-duplicates the fusion cannot tell apart yet, and ITM stays at chance for ~500 of the
-    # 1,100 steps; drawn at τ = 1 they are still similarity-weighted and ITM learns from step
-    # ~200 (README, "The demo").
-    c.itm.sample_temperature = 1.0
     c.eval.batch_size = 200
     c.eval.itm_rerank_k = 16
 
@@ -493,6 +493,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _accepted("model.kind", config.model.kind, MODEL_KINDS)
     _accepted("model.dtype", config.model.dtype, DTYPES)
     _accepted("itm.mode", config.itm.mode, ITM_MODES)
+    if config.itm.get("warmup_steps", 0):
+        if config.itm.mode != "sample":
+            raise ValueError(
+                f"config.itm.warmup_steps={config.itm.warmup_steps} anneals the sampling "
+                f"temperature of config.itm.mode='sample', not {config.itm.mode!r}"
+            )
+        _positive(config, "itm.warmup_temperature", "itm.warmup_steps")
     _validate_towers(config)
     _accepted("data.name", config.data.name, DATASETS)
     _accepted("data.on_bad_record", config.data.on_bad_record, BAD_RECORD_POLICIES)
@@ -527,10 +534,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     scope = config.grit.get("scope", "global")
     _accepted("grit.scope", scope, GRIT_SCOPES)
-    if scope == "process" and config.grit.get("refresh_every_steps", 0):
+    if config.grit.get("refresh_every_steps", 0) < 0:
         raise ValueError(
-            "config.grit.scope='process' regroups once per epoch; "
-            "config.grit.refresh_every_steps needs config.grit.scope='global'"
+            f"config.grit.refresh_every_steps={config.grit.refresh_every_steps} must be >= 0 "
+            "(0 regroups every epoch)"
         )
     if config.grit.enabled and scope == "global" and config.grit.search_space % config.batch_size:
         raise ValueError(

@@ -218,15 +218,21 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, 
     """The parameters of the latest checkpoint in `workdir`, in their training shardings."""
     from vlp_jax import train  # train imports this module
 
-    tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
-    rules = sharding.rules_from_config(config.sharding_rules)
-    state, _ = train.create_state(model, tx, config, mesh, rules)
     manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state", "data")
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "fingerprint": ocp.JsonCheckpointHandler(),
+        },
     )
     step = manager.latest_step()
     if step is None:
         raise SystemExit(f"no checkpoint in {workdir}/checkpoints to evaluate")
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    checkpoint.check_fingerprint(manager, step, checkpoint.run_fingerprint(config, tokenizer))
+    tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
+    rules = sharding.rules_from_config(config.sharding_rules)
+    state, _ = train.create_state(model, tx, config, mesh, rules)
     target = ocp.args.StandardRestore(checkpoint.abstract_like(state))
     restored = manager.restore(step, args=ocp.args.Composite(state=target))["state"]
     return step, restored["params"]

@@ -22,7 +22,10 @@ search spaces into groups of one local batch (B / P), as the paper's per-GPU sam
 groups' dataset indices (not embeddings) are then gathered, and every global batch is P groups
 dealt at random, so each epoch a process reads groups that other processes built: still no
 process is locked to a shard. Negatives within a group are hard; those across groups are random.
-It regroups per epoch (`refresh_every_steps` needs the global scope).
+An example belongs to the process that last trained on it, which every process can tell from
+the shared order (`owner`), so with `refresh_every_steps` each process keeps the latest
+embedding of the examples it owns and groups exactly those: every example in one process's
+groups at most, with no extra communication.
 
 The sampler's whole state (epoch, order, pairs collected so far; per process in the process
 scope) is saved with each checkpoint, so a resumed run replays the same batches.
@@ -75,11 +78,6 @@ class GritSampler:
         self.process_count = jax.process_count() if process_count is None else process_count
         self.process_index = jax.process_index() if process_index is None else process_index
         if scope == "process":
-            if refresh_every_steps:
-                raise ValueError(
-                    "config.grit.scope='process' regroups once per epoch; "
-                    "config.grit.refresh_every_steps needs config.grit.scope='global'"
-                )
             local_batch = batch_size // self.process_count
             if search_space % local_batch:
                 raise ValueError(
@@ -94,6 +92,8 @@ class GritSampler:
         self.seed = seed
         self.epoch = 0
         self.order = np.random.default_rng([seed, 0]).permutation(num_examples)
+        # Process scope: the process that last trained on each example (-1: none yet).
+        self.owner = np.full(num_examples, -1, np.int32)
         self._collected: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
@@ -143,17 +143,26 @@ class GritSampler:
         rng = np.random.default_rng([self.seed, self.epoch + 1])
         return self._with_the_rest(self._chain(*self.collected(), rng), rng)
 
-    def own_groups(self) -> np.ndarray:
-        """Process scope: this process's collected rows chained in its own search spaces, so
-        consecutive runs of B / P are groups. Only examples this epoch's order gave to this
-        process count: a bad image's substitute (the next pair in source order) can belong to
-        another process's block, and that process groups it."""
-        own_rng = np.random.default_rng([self.seed, self.epoch + 1, 1 + self.process_index])
-        index, v, t = self.collected()
+    def take_ownership(self) -> None:
+        """Process scope, as an epoch or refresh period ends (idempotent): each example the
+        period trained on now belongs to the process whose block of the global batch held it."""
         steps, n = self.steps_per_epoch, self.group_size
-        mine = self.order[: steps * self.batch_size].reshape(steps, -1, n)[:, self.process_index]
-        keep = np.isin(index, mine)
-        return self._chain(index[keep], v[keep], t[keep], own_rng)
+        consumed = self.order[: steps * self.batch_size].reshape(steps, -1, n)
+        self.owner[consumed] = np.arange(consumed.shape[1], dtype=np.int32)[None, :, None]
+
+    def own_groups(self) -> np.ndarray:
+        """Process scope: this process's collected rows of the examples it owns, chained in its
+        own search spaces, so consecutive runs of B / P are groups. Rows it does not own are
+        dropped: a bad image's substitute (the next pair in source order) can belong to another
+        process's block, and with refresh periods another process may have trained on an
+        example since; only its owner groups it."""
+        own_rng = np.random.default_rng([self.seed, self.epoch + 1, 1 + self.process_index])
+        self.take_ownership()
+        index, v, t = self.collected()
+        keep = self.owner[index] == self.process_index
+        index, v, t = index[keep], v[keep], t[keep]
+        self._collected = [(index, v, t)] if len(index) else []
+        return self._chain(index, v, t, own_rng)
 
     def order_from_groups(self, groups: np.ndarray) -> np.ndarray:
         """Process scope: every process's `own_groups`, in process order → the next order (the
@@ -227,6 +236,7 @@ class GritSampler:
         }
         if self.scope == "process":
             own = {k: stack_processes(np.asarray(x)) for k, x in own.items()}
+            own["owner"] = self.owner  # the same on every process
         return {"epoch": np.int64(self.epoch), "order": self.order, **own}
 
     def restore_target(self, metadata: Any) -> dict[str, Any]:
@@ -259,6 +269,9 @@ class GritSampler:
             state = {k: own_rows(x) if k in PER_PROCESS else x for k, x in state.items()}
         self.epoch = int(state["epoch"])
         self.order = np.asarray(state["order"], np.int64)
+        # Process-scope checkpoints from before `owner` are per-epoch ones, whose regrouping
+        # needs only the owners of the epoch's own order (set when it ends).
+        self.owner = np.asarray(state.get("owner", np.full(self.num_examples, -1)), np.int32)
         count = int(state.get("collected", len(state["index"])))
         index = np.asarray(state["index"], np.int64)[:count]
         self._collected = (

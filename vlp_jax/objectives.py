@@ -171,12 +171,26 @@ class _MomentumTeacher:
         )
 
 
+def warmed_up_temperature(
+    step: jax.Array, start: float, end: jax.Array | float, steps: int
+) -> jax.Array:
+    """`start` at step 0, moving linearly to `end` at `steps`, then `end`: ITM negatives drawn
+    from softmax(s / τ) go from easy (large τ) to hard. Linear rather than geometric, so they
+    stay easy while ITM leaves chance (a geometric decay, measured, delays that as much as no
+    warm-up at all)."""
+    frac = jnp.clip(step.astype(jnp.float32) / steps, 0.0, 1.0)
+    end = jax.lax.stop_gradient(jnp.asarray(end, jnp.float32))
+    return (1.0 - frac) * start + frac * end
+
+
 def _albef_objective(
     model: nn.Module, config: ml_collections.ConfigDict, tokens: TokenInfo
 ) -> Objective:
     weights = _weights(config)
     itm_mode = config.itm.mode
     itm_sample_temperature = float(config.itm.get("sample_temperature", 0.0))
+    itm_warmup_temperature = float(config.itm.get("warmup_temperature", 0.0))
+    itm_warmup_steps = int(config.itm.get("warmup_steps", 0))
     itm_positive_ratio_cap = float(config.itm.get("positive_ratio_cap", 0.0))
     mask_prob = float(config.mlm.mask_prob)
     synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
@@ -245,6 +259,11 @@ def _albef_objective(
         if "itm" in weights:
             # ALBEF samples with the ITC temperature; a fixed, larger one gives easier negatives.
             sample_temp = itm_sample_temperature or temperature
+            if itm_warmup_steps:
+                sample_temp = warmed_up_temperature(
+                    batch["step"][0], itm_warmup_temperature, sample_temp, itm_warmup_steps
+                )
+                metrics["train/itm_sample_temperature"] = sample_temp
             neg_text, neg_image = losses.itm_negatives(
                 k_itm,
                 v,

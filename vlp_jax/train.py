@@ -149,9 +149,15 @@ def make_train_step(
     With `config.momentum.enabled`, the EMA teacher is updated first and reaches the objective as
     `batch["teacher"]`; the features it returns are enqueued after (`vlp_jax.momentum`)."""
     with_momentum = config is not None and momentum.enabled(config)
+    # Objectives with a schedule read the step from the batch, one copy per row so that
+    # microbatches split it like any other entry.
+    with_step = config is not None and config.get("itm", {}).get("warmup_steps", 0) > 0
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        if with_step:
+            rows = jax.tree.leaves(batch)[0].shape[0]
+            batch = {**batch, "step": jnp.broadcast_to(state["step"], (rows,))}
         if with_momentum:
             teacher_params, batch = momentum.before_step(state, batch, config)
         loss, metrics, grads = accumulated_grads(
@@ -311,6 +317,8 @@ def train_and_evaluate(
         every=config.checkpoint_every_steps,
         keep=config.keep_checkpoints,
     )
+    fingerprint = checkpoint.run_fingerprint(config, tokenizer)
+    ckpt.check_fingerprint(fingerprint)
     sampler = None
     if config.grit.enabled:
         train_size = len(pipeline.make_source(config.data, "train", config.data.train_examples))
@@ -440,7 +448,13 @@ def train_and_evaluate(
                 progress.update(step, row["train/loss"], row["perf/pairs_per_sec"])
                 t_log, pairs_since_log, since_log = time.perf_counter(), 0, []
             if ckpt_now:
-                ckpt.save(step, state, data_iter, None if sampler is None else sampler.state())
+                ckpt.save(
+                    step,
+                    state,
+                    data_iter,
+                    None if sampler is None else sampler.state(),
+                    fingerprint,
+                )
             if eval_now:
                 final = evaluator.run(state["params"])
                 writer.write(step, final)
