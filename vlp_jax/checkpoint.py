@@ -3,10 +3,10 @@
 Layout: `{workdir}/checkpoints/<step>/state/...` (sharded arrays, each process writes its shards)
 and `<step>/data/process_<i>-of-<n>.json` (Grain iterator positions), plus `<step>/sampler/`
 when a batch sampler keeps state (GRIT's epoch order and collected embeddings), and
-`<step>/fingerprint` (what the saved token ids and data positions mean; a resume or evaluation
-with another tokenizer vocabulary or dataset version stops instead of running wrong). Orbax writes a
-step into a temporary directory and renames it when complete, so a save interrupted by a crash
-is never the one restored.
+`<step>/fingerprint` (what the saved token ids and data positions mean: a resume or evaluation
+with another tokenizer vocabulary or dataset version stops instead of running wrong). Orbax
+writes a step into a temporary directory and renames it when complete, so a save interrupted by
+a crash is never the one restored.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_SEEDS: dict[str, int] = {"train": 0x5EED_0001, "validation": 0x5EED_0002, "test": 0x5EED_0003}
 DEFAULT_NUM_EXAMPLES: dict[str, int] = {"train": 200_000, "validation": 1_000, "test": 1_000}
 
-# Bumped whenever generation changes, so checkpoints made against another version don't match
-# (Grain compares data source reprs on restore). 2: one-object captions say "alone".
+# Bumped whenever generation changes. Checkpoints record it (`checkpoint.run_fingerprint`), so a
+# resume against another version stops. 2: one-object captions say "alone".
 GENERATOR_VERSION = 2
 
 # Minimum gap between related boxes, and between any box and the image border (fractions of the
