@@ -17,6 +17,16 @@ def test_peak_flops_table_matches_device_kinds():
     assert benchmark.peak_flops_per_device("cpu") is None
 
 
+def test_model_flops_count_a_matmul_exactly():
+    import jax
+    import jax.numpy as jnp
+
+    from vlp_jax.setup_report import model_flops
+
+    lowered = jax.jit(jnp.matmul).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
+    assert model_flops(lowered) == 2 * 64 * 32 * 16
+
+
 def test_benchmark_writes_step_time_throughput_memory_and_mfu(tmp_path):
     config = load_config("clip", "tiny")
     result = benchmark.run_benchmark(
@@ -29,7 +39,7 @@ def test_benchmark_writes_step_time_throughput_memory_and_mfu(tmp_path):
     assert 0 < step["min"] <= step["median"] <= step["max"]
     assert result["pairs_per_sec"] == pytest.approx(config.batch_size / step["median"])
     assert result["pairs_per_sec_per_device"] == pytest.approx(result["pairs_per_sec"] / 8)
-    assert result["flops_per_step"] > 0
+    assert result["flops_per_step"] > 0 and result["compiled_flops_per_device"] > 0
     assert result["memory_per_device"]["total_bytes"] > 0
     assert result["data_pipeline"]["pairs_per_sec_this_process"] > 0
     expected_mfu = result["flops_per_step"] / (step["median"] * 8 * 1e12)
@@ -56,17 +66,27 @@ def test_pipeline_benchmark_times_both_formats(tmp_path):
     assert all(r["pairs_per_sec"] > 0 for r in rows)
 
 
-def test_grouping_benchmark_times_both_loops_at_equal_quality():
+def test_grouping_benchmark_times_every_loop_at_equal_quality():
     from vlp_jax.benchmark import grouping as bench
 
-    row = bench.measure(3 * 64, 8, search_space=64, batch=16, reference_up_to=10**6, repeats=2)
-    assert row["repeats"] == 2 and row["jax_seconds"] > 0 and row["matmul_floor_seconds"] > 0
-    # The same chains, so the same batches' hardness; both harder than random batches.
-    assert row["hardest_negative_sim_grouped"] == pytest.approx(
-        row["hardest_negative_sim_reference"]
+    row = bench.measure(
+        3 * 64,
+        8,
+        search_space=64,
+        batch=16,
+        reference_up_to=10**6,
+        repeats=2,
+        loops=("lean", "paper", "device"),
+        chunk_spaces=2,
     )
-    assert row["hardest_negative_sim_paper_loop"] == pytest.approx(
-        row["hardest_negative_sim_reference"]
+    assert row["repeats"] == 2 and row["jax_seconds"] > 0 and row["matmul_floor_seconds"] > 0
+    # The same chains, so the same batches' hardness; all harder than random batches.
+    for loop in ("paper", "device"):
+        assert row[f"hardest_negative_sim_{loop}_loop"] == pytest.approx(
+            row["hardest_negative_sim_lean_loop"]
+        )
+    assert row["hardest_negative_sim_grouped"] == pytest.approx(
+        row["hardest_negative_sim_lean_loop"]
     )
     assert row["hardest_negative_sim_grouped"] > row["hardest_negative_sim_random"]
-    assert row["speedup_vs_paper_loop"] > 0 and row["ratio_to_matmul_floor"] > 0
+    assert row["speedup_vs_device_loop"] > 0 and row["ratio_to_matmul_floor"] > 0

@@ -45,6 +45,22 @@ def test_grouped_order_equals_the_plain_loop(chunk_spaces):
     np.testing.assert_array_equal(fast, slow)
 
 
+def test_default_chunks_keep_similarity_matrices_in_a_cpu_cache():
+    # CPU tests: two 14.7 MB matrices for GRIT's M = 1,920; small spaces share one call.
+    assert grouping.default_chunk_spaces(1920) == 2
+    assert grouping.default_chunk_spaces(4096) == 1
+    assert grouping.default_chunk_spaces(64) == grouping.CPU_CACHE_BYTES // (4 * 64 * 64)
+
+
+def test_device_loop_makes_the_same_chains():
+    from vlp_jax.benchmark.grouping import device_loop_grouped_order
+
+    v, t = _clustered(2 * 33, seed=6)
+    device = device_loop_grouped_order(v, t, search_space=33, seed=1)
+    plain = grouping.reference_grouped_order(v, t, search_space=33, seed=1)
+    np.testing.assert_array_equal(device, plain)
+
+
 @pytest.mark.parametrize("search_space", [32, 33])  # M even ends with a lone image → text hop
 def test_paper_style_loop_makes_the_same_chains(search_space):
     v, t = _clustered(3 * search_space, seed=4)

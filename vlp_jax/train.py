@@ -379,13 +379,15 @@ def train_and_evaluate(
         if local is not None:
             batch = sharding.to_global(local, mesh)
             t_compile = time.perf_counter()
-            compiled_step = train_step.lower(state, batch).compile()
+            lowered_step = train_step.lower(state, batch)
+            compiled_step = lowered_step.compile()
             setup = setup_report.describe(
                 mesh,
                 state["params"],
                 state_shardings["params"],
                 compiled_step,
                 time.perf_counter() - t_compile,
+                lowered=lowered_step,
             )
             setup_report.write(workdir, setup)
             if is_main:

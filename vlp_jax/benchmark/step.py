@@ -8,9 +8,11 @@ synthetic batches after warm-up, measures the data pipeline separately, and writ
 - data-pipeline pairs/s of this process (a loader slower than the step shows here);
 - compile time, per-device memory from the compiled step, peak device memory where the runtime
   reports it;
-- MFU = FLOPs per step / (median step time × devices × peak FLOP/s per device). FLOPs come from
-  XLA's cost analysis of the compiled step: with remat on they include the recomputed forward,
-  so the figure is then hardware FLOP utilisation rather than model FLOP utilisation.
+- MFU = FLOPs per step / (median step time × devices × peak FLOP/s per device). FLOPs are the
+  global step's, from XLA's cost analysis of the lowered program (`setup_report.model_flops`):
+  the compiled program's count misses the library matmuls on GPU. With remat on they include the
+  recomputed forward, so the figure is then hardware FLOP utilisation rather than model FLOP
+  utilisation.
 
 Peak bf16 FLOP/s per device is looked up from the device kind (`PEAK_BF16_FLOPS`) or given with
 `--peak_flops`; on CPU, MFU is not reported.
@@ -139,11 +141,14 @@ def run_benchmark(
     with sharding.activate(mesh, rules):
         batch = sharding.to_global(host_batch, mesh)
         start = time.perf_counter()
-        compiled = step_fn.lower(state, batch).compile()
+        lowered = step_fn.lower(state, batch)
+        compiled = lowered.compile()
         compile_seconds = time.perf_counter() - start
         state, seconds = time_steps(compiled, state, batch, steps, warmup)
 
-    setup = setup_report.describe(mesh, state["params"], shardings["params"], compiled, 0.0)
+    setup = setup_report.describe(
+        mesh, state["params"], shardings["params"], compiled, 0.0, lowered=lowered
+    )
     devices = jax.device_count()
     step = _spread(seconds)
     result: dict[str, Any] = {
@@ -173,6 +178,7 @@ def run_benchmark(
         "pairs_per_sec_per_device": config.batch_size / step["median"] / devices,
         "memory_per_device": setup.get("memory_per_device"),
         "flops_per_step": setup.get("flops_per_step"),
+        "compiled_flops_per_device": setup.get("compiled_flops_per_device"),
     }
     stats = jax.local_devices()[0].memory_stats() or {}
     result["peak_device_memory_bytes"] = stats.get("peak_bytes_in_use")
@@ -209,7 +215,7 @@ def format_result(r: dict[str, Any]) -> str:
         f"({r['pairs_per_sec_per_device']:.1f} per device)",
     ]
     if r.get("flops_per_step"):
-        lines.append(f"FLOPs per step     {r['flops_per_step'] / 1e12:.3f} TFLOP (XLA)")
+        lines.append(f"FLOPs per step     {r['flops_per_step'] / 1e12:.3f} TFLOP (model)")
     if r.get("mfu") is not None:
         lines.append(f"MFU                {100 * r['mfu']:.1f}%")
     else:

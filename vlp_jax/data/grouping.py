@@ -53,6 +53,22 @@ def _chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.
     return carry[0]
 
 
+CPU_CACHE_BYTES = 32 << 20  # about one shared L3; the sizing below was measured on a 32 MB one
+
+
+def default_chunk_spaces(search_space: int) -> int:
+    """Search spaces per device call of the chain.
+
+    On CPU, as many as keep their float32 similarity matrices within `CPU_CACHE_BYTES` (2 for
+    M = 1,920): the chain's hops then read from cache, and 122,880 pairs group in 1.44–1.49 s
+    against 1.91–1.92 s with 64 per call (2-core VM, medians of 3). Elsewhere 64: on a GPU each
+    hop costs a few kernel launches whatever the width, so wide chunks pay.
+    """
+    if jax.default_backend() == "cpu":
+        return max(1, CPU_CACHE_BYTES // (4 * search_space * search_space))
+    return 64
+
+
 def grouped_order(
     image_emb: np.ndarray | jax.Array,
     text_emb: np.ndarray | jax.Array,
@@ -60,14 +76,15 @@ def grouped_order(
     search_space: int,
     seed: int,
     group_size: int | None = None,
-    chunk_spaces: int = 64,
+    chunk_spaces: int | None = None,
 ) -> np.ndarray:
     """A permutation of range(N) whose consecutive runs of `group_size` are grouped batches.
 
     image_emb, text_emb [N, d] (L2-normalised; pair k is row k of both). N must be a multiple of
     `search_space` (callers group the largest such prefix and append the rest in random order).
     With `group_size` (a divisor of `search_space`), the batches are shuffled as GRIT does;
-    without it the chains are returned in search-space order.
+    without it the chains are returned in search-space order. `chunk_spaces` (search spaces per
+    device call) defaults to `default_chunk_spaces`; it changes the speed, never the order.
     """
     # Host arrays: only one chunk of search spaces at a time goes to the device.
     image_emb = np.asarray(image_emb, np.float32)
@@ -90,6 +107,8 @@ def grouped_order(
         raise ValueError(
             f"search_space={search_space} is not a multiple of group_size={group_size}"
         )
+    if chunk_spaces is None:
+        chunk_spaces = default_chunk_spaces(search_space)
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(n)
     spaces = n // search_space
