@@ -91,3 +91,5 @@ def test_grouped_order_names_bad_sizes():
         grouping.grouped_order(v, t, search_space=64, seed=0)
     with pytest.raises(ValueError, match="group_size=24"):
         grouping.grouped_order(v[:64], t[:64], search_space=64, seed=0, group_size=24)
+    with pytest.raises(ValueError, match="chunk_spaces=0"):
+        grouping.grouped_order(v[:64], t[:64], search_space=64, seed=0, chunk_spaces=0)

@@ -109,6 +109,8 @@ def grouped_order(
         )
     if chunk_spaces is None:
         chunk_spaces = default_chunk_spaces(search_space)
+    if chunk_spaces < 1:
+        raise ValueError(f"chunk_spaces={chunk_spaces}; it must be at least 1")
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(n)
     spaces = n // search_space
