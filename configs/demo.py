@@ -1,7 +1,7 @@
 """python -m vlp_jax.main --config configs/demo.py --workdir runs/demo   (or: make demo)
 
 A tiny ALBEF (ViT + BERT-style text/fusion encoder; ITC + ITM + MLM) trained from scratch on the
-embedded `shapes` dataset, on a 2-core CPU in about 8 minutes. Aims, on the 1,000 held-out test
+embedded `shapes` dataset, on a 2-core CPU in about 7 minutes. Aims, on the 1,000 held-out test
 pairs: a mean image→text / text→image R@1 of at least 10% (measured: 22.0%) and an ITM
 hard-negative accuracy of at least 70% (measured: 72.2% with this seed; seeds 1 and 2 give 64.9
 and 66.2, README has the table).

@@ -15,6 +15,10 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+from vlp_jax.host_memory import reuse_freed_blocks  # noqa: E402
+
+reuse_freed_blocks()  # as the trainer does: XLA:CPU reuses freed step buffers
+
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 

@@ -241,7 +241,9 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, 
 def main(argv) -> None:
     del argv
     from vlp_jax.distributed import initialize_distributed
+    from vlp_jax.host_memory import reuse_freed_blocks
 
+    reuse_freed_blocks()  # before JAX starts its threads
     initialize_distributed()
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     config_lib.validate(config)

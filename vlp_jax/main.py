@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vlp_jax.distributed import initialize_distributed
+from vlp_jax.host_memory import reuse_freed_blocks
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -42,6 +43,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    reuse_freed_blocks()  # before JAX starts its threads
     initialize_distributed()
     # Orbax and Grain log every save and read at INFO; keep the console to our progress line.
     if not flags.FLAGS["verbosity"].present:

@@ -15,7 +15,9 @@ from vlp_jax.benchmark.step import format_result, run_benchmark
 def main(argv: list[str]) -> None:
     del argv
     from vlp_jax.distributed import initialize_distributed
+    from vlp_jax.host_memory import reuse_freed_blocks
 
+    reuse_freed_blocks()  # before JAX starts its threads
     initialize_distributed()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

@@ -12,6 +12,9 @@ similarity of each example's hardest in-batch negative). The loops (`--loops`):
   one jitted hop dispatched from Python per step of the chain: on a GPU this is the paper's
   PyTorch loop, thousands of tiny kernel launches.
 
+`--hop_costs` also times one search space piece by piece (`hop_costs`: the matmul, the chain,
+and a row and a column hop in isolation), which shows what bounds the chain on a CPU.
+
 Writes a JSON file (`--out`) and prints a table.
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from vlp_jax.data import grouping
+from vlp_jax.host_memory import reuse_freed_blocks
 
 
 def clustered_embeddings(
@@ -134,6 +138,56 @@ def matmul_floor_seconds(
     return median_seconds(once, repeats)
 
 
+def _hop_loop(read: Any, reduce: Any) -> Any:
+    """A jitted chain of M − 1 dependent hops over one [M, M] matrix: each reads the vector
+    `read(matrix, cursor)` and reduces it to the next cursor (the hop's data dependence kept)."""
+
+    @jax.jit
+    def run(sims: jax.Array) -> jax.Array:
+        m = sims.shape[0]
+
+        def hop(k, carry):
+            out, cur = carry
+            nxt = reduce(read(sims, cur)).astype(jnp.int32) % m
+            return out.at[k].set(nxt), (nxt + k) % m
+
+        return jax.lax.fori_loop(0, m - 1, hop, (jnp.zeros(m, jnp.int32), jnp.int32(0)))[0]
+
+    return run
+
+
+def hop_costs(search_space: int, dim: int, repeats: int = 3) -> dict[str, float]:
+    """What one search space costs, piece by piece, with its matrix already in memory: the
+    similarity matmul, the whole chain (`grouping._chains` minus the matmul), and microseconds
+    per hop for a row read (image → text), a column read (text → image), and a row reduced by a
+    plain max instead of an argmax. `chain_budget_ms` is the chain time that would put
+    `grouped_order` at 1.3× the matmul floor."""
+    v, t = clustered_embeddings(search_space, dim)
+    v3, t3 = jnp.asarray(v)[None], jnp.asarray(t)[None]
+    sims = jnp.asarray(v @ t.T)
+    matmul = jax.jit(lambda a, b: jnp.einsum("smd,snd->smn", a, b))
+    start = jnp.zeros(1, jnp.int32)
+
+    def timed(fn: Any) -> float:
+        jax.block_until_ready(fn())  # compile
+        return median_seconds(lambda: jax.block_until_ready(fn()), repeats)
+
+    row = functools.partial(jax.lax.dynamic_index_in_dim, axis=0, keepdims=False)
+    column = functools.partial(jax.lax.dynamic_index_in_dim, axis=1, keepdims=False)
+    hops = search_space - 1
+    out = {"matmul_ms": 1e3 * timed(lambda: matmul(v3, t3))}
+    out["chain_ms"] = 1e3 * timed(lambda: grouping._chains(v3, t3, start)) - out["matmul_ms"]
+    out["chain_budget_ms"] = 0.3 * out["matmul_ms"]
+    for name, read, reduce in (
+        ("row_argmax", row, jnp.argmax),
+        ("column_argmax", column, jnp.argmax),
+        ("row_max", row, lambda x: x.max() * 1e4),
+    ):
+        loop = _hop_loop(read, reduce)
+        out[f"{name}_us_per_hop"] = 1e6 * timed(lambda loop=loop: loop(sims)) / hops
+    return out
+
+
 def median_seconds(fn: Any, repeats: int) -> float:
     """Median wall time of `repeats` calls: this shared 2-core VM varies by up to ±40% per call."""
     times = []
@@ -199,6 +253,7 @@ def measure(
 
 def main(argv: list[str]) -> None:
     del argv
+    reuse_freed_blocks()  # as the trainer, which regroups in-process, does
     f = flags.FLAGS
     device = jax.devices()[0].device_kind
     loops = tuple(x for x in f.loops.split(",") if x)
@@ -235,6 +290,17 @@ def main(argv: list[str]) -> None:
             + f"random {row['hardest_negative_sim_random']:.3f}",
             flush=True,
         )
+    if f.hop_costs:
+        costs = hop_costs(f.search_space, f.dim, f.repeats)
+        costs["device"] = device
+        rows.append({"hop_costs": costs})
+        print(
+            "one search space: matmul {matmul_ms:.2f} ms, chain {chain_ms:.2f} ms (budget for "
+            "1.3× the floor {chain_budget_ms:.2f} ms); µs per hop: row argmax "
+            "{row_argmax_us_per_hop:.2f}, column argmax {column_argmax_us_per_hop:.2f}, row max "
+            "{row_max_us_per_hop:.2f}".format(**costs),
+            flush=True,
+        )
     with open(f.out, "w") as fh:
         json.dump(rows, fh, indent=1)
     print(f"written to {f.out}")
@@ -257,6 +323,9 @@ if __name__ == "__main__":
     )
     flags.DEFINE_integer(
         "repeats", 3, "JAX and floor timings: the median of this many calls (loops run once)."
+    )
+    flags.DEFINE_bool(
+        "hop_costs", False, "Also time one search space piece by piece (matmul, chain, hops)."
     )
     flags.DEFINE_string("out", "benchmark_grouping.json", "Where to write the results.")
     app.run(main)
