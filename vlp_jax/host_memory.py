@@ -10,9 +10,12 @@ minor faults and 35 s of system time in a 150-step run of 106 s (`/usr/bin/time 
 freed block stays in the heap and the next step reuses it. The same run then takes 0.6M minor
 faults and 6.6 s of system time, and trains at 167 instead of 152 pairs/s with the same losses.
 
-It is applied only when JAX will run on the CPU (no accelerator plugin installed, or
-`JAX_PLATFORMS=cpu`), where a single arena costs nothing measurable; on accelerator hosts the
-data loader's threads keep their own arenas. `VLP_JAX_DEFAULT_MALLOC=1` turns it off.
+The one arena has costs. Grain's decoding threads share it: 1,094 instead of 1,462 pairs/s,
+still 5× the CPU step. Compilation slows as well: a cold-cache `tests/test_train.py` took 365 and
+439 s against 318 s. So it pays for a run that compiles once and trains, and the tests keep the
+defaults. It is applied only when JAX will run on the CPU (no accelerator plugin installed, or
+`JAX_PLATFORMS=cpu`); on accelerator hosts the data loader's threads keep their own arenas.
+`VLP_JAX_DEFAULT_MALLOC=1` turns it off.
 """
 
 from __future__ import annotations
