@@ -16,7 +16,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 pids=()
 for ((i = 0; i < n; i++)); do
   JAX_PLATFORMS=cpu \
-  XLA_FLAGS="--xla_force_host_platform_device_count=${per}" \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${per}" \
   JAX_COORDINATOR_ADDRESS="127.0.0.1:${port}" JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$i" \
     python -m vlp_jax.main "$@" > "/tmp/vlp_jax_local_${port}_${i}.log" 2>&1 &
   pids+=($!)

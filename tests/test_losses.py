@@ -48,8 +48,8 @@ def test_itc_global_over_mesh_equals_one_device(mesh_axes):
     with jax.set_mesh(mesh):
         val, grads = grad_fn(v, t, temp)
     np.testing.assert_allclose(val, ref_val, rtol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, r, atol=1e-6)
+    for g, r in zip(grads, ref_grads):  # float32 round-off: the temperature's gradient is ≈ -58
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
 
 
 def test_make_mesh_uses_auto_axes_and_fills_minus_one():
