@@ -6,6 +6,7 @@
 #
 # Logs go to /tmp/vlp_jax_local_<port>_<i>.log; the script exits with the first
 # non-zero exit status of its processes.
+# The caller's XLA_FLAGS are kept; the device count is appended, so it wins over one there.
 set -euo pipefail
 n=${1:?usage: launch/local.sh N [DEVICES_PER_PROCESS] -- ARGS...}
 shift
