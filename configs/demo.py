@@ -1,10 +1,10 @@
 """python -m vlp_jax.main --config configs/demo.py --workdir runs/demo   (or: make demo)
 
 A tiny ALBEF (ViT + BERT-style text/fusion encoder; ITC + ITM + MLM) trained from scratch on the
-embedded `shapes` dataset, on a 2-core CPU in about 7 minutes. Aims, on the 1,000 held-out test
-pairs: a mean image→text / text→image R@1 of at least 10% (measured: 22.0%) and an ITM
-hard-negative accuracy of at least 70% (measured: 72.2% with this seed; seeds 1 and 2 give 64.9
-and 66.2, README has the table).
+embedded `shapes` dataset, on a 2-core CPU in 5 to 7.5 minutes. Aims, on the 1,000 held-out test
+pairs: a mean image→text / text→image R@1 of at least 10% (measured: 15.6 to 22.0%) and an ITM
+hard-negative accuracy of at least 70% (measured: 72.2% once, but 64.2 to 68.6% in four other
+runs: other seeds, or the same seed on another CPU; README, "Seeds and machines").
 """
 
 import ml_collections

@@ -17,6 +17,7 @@ import ml_collections
 from vlp_jax import sharding
 from vlp_jax.grit import SCOPES as GRIT_SCOPES
 from vlp_jax.models.vit import POS_EMBED_INITS
+from vlp_jax.word_swap import DEFAULT_STOP_WORDS
 
 MODEL_KINDS = ("albef", "dual_encoder")
 TEXT_ARCHS = ("bert", "clip")
@@ -231,6 +232,16 @@ def base_config() -> ml_collections.ConfigDict:
             "flip_negatives": 0.0,
             # ViLTA: one more negative per pair, its caption rewritten by the MLM head (vilta.py).
             "synth": {"enabled": False, "teacher": "fusion_mlm", "temperature": 1.0, "top_k": 0},
+            # One more negative per pair: the caption with two of its words swapped where the
+            # MLM pass finds the swap plausible (word_swap.py); needs loss_weights.mlm > 0.
+            "swap": {
+                "enabled": False,
+                "top_k": 5,
+                "temperature": 1.0,
+                "stop_words": DEFAULT_STOP_WORDS,
+                # Also NegCLIP's ITC: the swapped captions as extra image→text columns.
+                "itc": False,
+            },
         }
     )
     c.mlm = ml_collections.ConfigDict({"mask_prob": 0.15})
@@ -515,6 +526,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             "config.itm.synth.teacher='fusion_mlm' reuses the MLM pass, but loss_weights.mlm=0; "
             "use itm.synth.teacher='text_mlm'"
+        )
+    if config.itm.swap.enabled and not config.loss_weights.get("mlm", 0.0):
+        raise ValueError(
+            "config.itm.swap.enabled=True picks its words with the MLM pass, but loss_weights.mlm=0"
+        )
+    if config.itm.swap.enabled and config.itm.swap.itc and config.momentum.enabled:
+        raise ValueError(
+            "config.itm.swap.itc=True adds columns to the plain ITC; with momentum.enabled=True "
+            "the ITC is ALBEF's distilled one (set one of them to False)"
         )
     _positive(
         config,

@@ -105,6 +105,47 @@ def itc(image_emb: jax.Array, text_emb: jax.Array, temperature: jax.Array) -> ja
     return on_batch_shards(_itc_local, (image_emb, text_emb), (temperature,))
 
 
+def _itc_text_negatives_local(
+    image_emb, text_emb, negative_text, negative_valid, temperature, *, axis
+) -> jax.Array:
+    local = image_emb.shape[0]
+    all_text = _gather(text_emb, axis)
+    all_negative = _gather(negative_text, axis)
+    usable = _gather(negative_valid, axis) > 0
+    labels = _row_offset(local, axis) + jnp.arange(local)
+    to_negatives = jnp.where(usable[None], image_emb @ all_negative.T, -1e9)
+    i2t = jnp.concatenate([image_emb @ all_text.T, to_negatives], axis=1) / temperature
+    t2i = text_emb @ _gather(image_emb, axis).T / temperature
+    ce_sum = (
+        optax.softmax_cross_entropy_with_integer_labels(i2t, labels).sum()
+        + optax.softmax_cross_entropy_with_integer_labels(t2i, labels).sum()
+    )
+    return _psum(ce_sum, axis) / (2 * all_text.shape[0])
+
+
+def itc_with_text_negatives(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    negative_text_emb: jax.Array,
+    negative_valid: jax.Array,
+    temperature: jax.Array,
+) -> jax.Array:
+    """NegCLIP's ITC (Yuksekgonul et al., 2023): `itc` whose image→text rows also meet G extra
+    text columns, hard negatives such as each caption with two words swapped (word_swap.py):
+
+        s_i2t = v [T ; T⁻]ᵀ / τ  (columns with negative_valid = 0 left out),  s_t2i = t Vᵀ / τ
+        L = 1/(2G) Σ_b [ CE(s_i2t[b], b) + CE(s_t2i[b], b) ]
+
+    All inputs [G, ...] are batch-sharded; global over the mesh like `itc`.
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    return on_batch_shards(
+        _itc_text_negatives_local,
+        (image_emb, text_emb, negative_text_emb, negative_valid),
+        (temperature,),
+    )
+
+
 def _itc_distill_local(
     image_emb, text_emb, image_m, text_m, image_queue, text_queue, temperature, alpha, *, axis
 ) -> jax.Array:

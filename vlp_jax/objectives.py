@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from vlp_jax import losses, momentum, vilta
+from vlp_jax import losses, momentum, vilta, word_swap
 
 Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -37,6 +37,9 @@ class TokenInfo(NamedTuple):
     vocab_size: int
     mask_id: int
     special_ids: tuple[int, ...]
+    # What word-order negatives (word_swap.py) must leave in place.
+    stop_word_ids: tuple[int, ...] = ()
+    continuation_ids: tuple[int, ...] = ()
 
 
 def _weights(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -195,12 +198,13 @@ def _albef_objective(
     mask_prob = float(config.mlm.mask_prob)
     synth = config.itm.synth if config.itm.get("synth") and config.itm.synth.enabled else None
     flip_prob = float(config.itm.get("flip_negatives", 0.0))
+    swap = config.itm.swap if config.itm.get("swap") and config.itm.swap.enabled else None
     with_momentum = momentum.enabled(config)
 
     def objective(params, batch, rng):
         variables = {"params": params}
-        keys = jax.random.split(rng, 9)
-        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth, k_flip, k_teacher = keys
+        keys = jax.random.split(rng, 10)
+        k_img, k_txt, k_fuse, k_itm, k_mask, k_mlm, k_synth, k_flip, k_teacher, k_swap = keys
         ids, mask = batch["input_ids"], batch["attention_mask"]
 
         def apply(*args, method, key=None, variables=variables, **kwargs):
@@ -255,6 +259,26 @@ def _albef_objective(
             else:
                 parts["mlm"] = losses.mlm_loss(mlm_logits, ids, selected)
             metrics["train/mlm_acc"] = losses.mlm_accuracy(mlm_logits, ids, selected)
+
+        if swap is not None:
+            swap_ids, swap_valid = word_swap.swap_negative_texts(
+                k_swap,
+                mlm_logits,
+                ids,
+                mask,
+                selected,
+                special_ids=tokens.special_ids,
+                excluded_ids=tokens.stop_word_ids,
+                continuation_ids=tokens.continuation_ids,
+                top_k=swap.top_k,
+                temperature=swap.temperature,
+            )
+            swap_txt = apply(swap_ids, mask, train=True, method="encode_text", key=k_txt)
+            metrics["train/itm_swap_valid"] = swap_valid.mean()
+            if swap.itc and "itc" in weights:
+                parts["itc"] = losses.itc_with_text_negatives(
+                    v, t, apply(swap_txt, mask, method="embed_text"), swap_valid, temperature
+                )
 
         if "itm" in weights:
             # ALBEF samples with the ITC temperature; a fixed, larger one gives easier negatives.
@@ -313,6 +337,12 @@ def _albef_objective(
                 images.append(img)
                 neg_weights = jnp.concatenate([neg_weights, valid])
                 metrics["train/itm_synth_valid"] = valid.mean()
+            if swap is not None:
+                # (image b, caption b with two words swapped): one more negative per positive.
+                texts.append(swap_txt)
+                masks.append(mask)
+                images.append(img)
+                neg_weights = jnp.concatenate([neg_weights, swap_valid])
             fused = apply(
                 jnp.concatenate(texts),
                 jnp.concatenate(masks),
@@ -324,6 +354,12 @@ def _albef_objective(
             logits = apply(fused, method="itm_logits")
             parts["itm"] = losses.itm_loss(logits[:g], logits[g:], neg_weights)
             metrics["train/itm_acc"] = losses.itm_accuracy(logits[:g], logits[g:], neg_weights)
+            if swap is not None:
+                # As evaluated on `shapes`' twins: does the caption outscore its swapped copy?
+                margin = logits[:, 1] - logits[:, 0]
+                metrics["train/itm_swap_acc"] = jnp.sum(
+                    swap_valid * (margin[:g] > margin[-g:])
+                ) / jnp.maximum(swap_valid.sum(), 1.0)
 
         metrics.update({f"train/{k}": val for k, val in parts.items()})
         return _total(weights, parts), metrics

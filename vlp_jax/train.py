@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -36,11 +37,15 @@ from vlp_jax.models import build_model
 State = dict[str, Any]
 
 
-def token_info(tokenizer: Tokenizer) -> objectives.TokenInfo:
+def token_info(tokenizer: Tokenizer, stop_words: Sequence[str] = ()) -> objectives.TokenInfo:
+    """The ids the objectives treat specially. Continuation pieces are WordPiece's "##" ones."""
+    vocab = tokenizer.backend.get_vocab()
     return objectives.TokenInfo(
         vocab_size=tokenizer.vocab_size,
         mask_id=tokenizer.mask_id,
         special_ids=tuple(tokenizer.special_ids),
+        stop_word_ids=tuple(sorted(vocab[w] for w in stop_words if w in vocab)),
+        continuation_ids=tuple(sorted(i for t, i in vocab.items() if t.startswith("##"))),
     )
 
 
@@ -306,7 +311,9 @@ def train_and_evaluate(
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
     state, state_shardings = create_state(model, tx, config, mesh, rules)
 
-    objective = objectives.make_objective(model, config, token_info(tokenizer))
+    objective = objectives.make_objective(
+        model, config, token_info(tokenizer, config.itm.swap.stop_words)
+    )
     train_step = make_train_step(
         objective, tx, schedule, state_shardings, mesh, config.grad_accum_steps, config
     )

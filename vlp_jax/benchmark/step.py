@@ -120,7 +120,7 @@ def run_benchmark(
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding_rules)
     tokenizer = load_tokenizer(config.data.tokenizer)
-    tokens = train.token_info(tokenizer)
+    tokens = train.token_info(tokenizer, config.itm.swap.stop_words)
     model = build_model(config.model)
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
     state, shardings = train.create_state(model, tx, config, mesh, rules)
