@@ -3,7 +3,7 @@
 A tiny ALBEF (ViT + BERT-style text/fusion encoder; ITC + ITM + MLM) trained from scratch on the
 embedded `shapes` dataset, on a 2-core CPU in 5 to 7.5 minutes. Aims, on the 1,000 held-out test
 pairs: a mean image→text / text→image R@1 of at least 10% (measured: 15.6 to 22.0%) and an ITM
-hard-negative accuracy of at least 70% (measured: 72.2% once, but 64.2 to 68.6% in four other
+hard-negative accuracy of at least 70% (measured: 72.2% once, but 64.2 to 68.6% in five other
 runs: other seeds, or the same seed on another CPU; README, "Seeds and machines").
 """
 
