@@ -17,6 +17,14 @@ def test_peak_flops_table_matches_device_kinds():
     assert benchmark.peak_flops_per_device("cpu") is None
 
 
+def test_mfu_note_names_what_is_missing():
+    from vlp_jax.benchmark.step import mfu
+
+    assert mfu(2e12, 0.5, 2, 4e12, "x") == {"mfu": 0.5}
+    assert "pass --peak_flops" in mfu(2e12, 0.5, 2, None, "cpu")["mfu_note"]
+    assert "no model FLOP count" in mfu(None, 0.5, 2, 989e12, "NVIDIA H100")["mfu_note"]
+
+
 def test_model_flops_count_a_matmul_exactly():
     import jax
     import jax.numpy as jnp
@@ -25,6 +33,26 @@ def test_model_flops_count_a_matmul_exactly():
 
     lowered = jax.jit(jnp.matmul).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
     assert model_flops(lowered) == 2 * 64 * 32 * 16
+
+
+def test_model_flops_of_a_plugin_backend_come_from_the_cpu_backend():
+    """The CUDA and TPU plugins raise NotImplementedError for `Lowered.cost_analysis` (seen on
+    an H100 with JAX 0.11.2: the benchmark reported no FLOPs and so no MFU)."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlp_jax.setup_report import model_flops
+
+    lowered = jax.jit(jnp.matmul).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
+
+    class PluginLowered:
+        def cost_analysis(self):
+            raise NotImplementedError("Lowered.cost_analysis not implemented on platform 'cuda'")
+
+        def compiler_ir(self, dialect):
+            return lowered.compiler_ir(dialect)
+
+    assert model_flops(PluginLowered()) == 2 * 64 * 32 * 16
 
 
 def test_benchmark_writes_step_time_throughput_memory_and_mfu(tmp_path):

@@ -84,8 +84,27 @@ def model_flops(lowered: Any) -> float | None:
     """FLOPs of the whole global step as the program writes it: XLA's cost analysis of the
     lowered, not yet partitioned or optimised module. Independent of the backend and of the
     device count (the demo step: 24.37 GFLOP on 1 and on 8 CPU devices; the compiled count was
-    24.56 and 8 × 3.11); with remat it includes the recomputed forward."""
-    return _flops(lowered.cost_analysis())
+    24.56 and 8 × 3.11); with remat it includes the recomputed forward.
+
+    Backends reached through a PJRT plugin (the CUDA and TPU plugins) cannot analyse a lowered
+    module (JAX raises NotImplementedError, or gives nothing), so there the same HLO module is
+    analysed by the CPU backend, which every jaxlib has."""
+    try:
+        flops = _flops(lowered.cost_analysis())
+    except NotImplementedError:
+        flops = None
+    return flops if flops is not None else _flops_on_cpu_backend(lowered)
+
+
+def _flops_on_cpu_backend(lowered: Any) -> float | None:
+    try:
+        from jax._src.lib import _jax  # the analysis has no public entry point
+        from jax.extend import backend
+
+        module = lowered.compiler_ir("hlo").as_hlo_module()
+        return _flops(_jax.hlo_module_cost_analysis(backend.get_backend("cpu"), module))
+    except (ImportError, AttributeError, NotImplementedError, RuntimeError):
+        return None
 
 
 def describe(

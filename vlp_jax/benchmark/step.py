@@ -51,6 +51,24 @@ def peak_flops_per_device(device_kind: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in kind), None)
 
 
+def mfu(
+    flops_per_step: float | None,
+    step_seconds: float,
+    devices: int,
+    peak: float | None,
+    device_kind: str,
+) -> dict[str, Any]:
+    """`{"mfu": ...}`, or `{"mfu": None, "mfu_note": why}` naming what is missing."""
+    if peak and flops_per_step:
+        return {"mfu": flops_per_step / (step_seconds * devices * peak)}
+    why = (
+        f"no peak FLOP/s known for device kind {device_kind!r}; pass --peak_flops"
+        if not peak
+        else "no model FLOP count: no backend could analyse the lowered step"
+    )
+    return {"mfu": None, "mfu_note": why}
+
+
 def _spread(seconds: list[float]) -> dict[str, float]:
     q = np.percentile(seconds, [10, 50, 90])
     return {
@@ -185,13 +203,8 @@ def run_benchmark(
 
     peak = peak_flops or peak_flops_per_device(setup["device_kind"])
     result["peak_flops_per_device"] = peak
-    if peak and result["flops_per_step"]:
-        result["mfu"] = result["flops_per_step"] / (step["median"] * devices * peak)
-    else:
-        result["mfu"] = None
-        result["mfu_note"] = (
-            f"no peak FLOP/s known for device kind {setup['device_kind']!r}; pass --peak_flops"
-        )
+    kind = setup["device_kind"]
+    result.update(mfu(result["flops_per_step"], step["median"], devices, peak, kind))
 
     if data_batches > 0:
         result["data_pipeline"] = time_pipeline(config, tokenizer, data_batches)
