@@ -1,8 +1,10 @@
 """Launch helpers: sweep expansion, the TPU pod command, SLURM/local distributed arguments."""
 
 import importlib.util
+import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -40,6 +42,76 @@ def test_sweep_rejects_an_unknown_key_before_launching(tmp_path, monkeypatch):
     )
     with pytest.raises(SystemExit, match="unknown key config.optimizer.learning_rat"):
         _sweep_module().main(["--config", str(config), "--root", "r"])
+
+
+def test_sweep_seeds_repeat_every_point_and_end_its_name(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert (
+        _sweep_module().main(["--config", "configs/demo.py", "--root", "r", "--seeds", "0,7"]) == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8  # 4 points × 2 seeds
+    assert "--workdir r/optimizer.learning_rate=0.0005,mlm.mask_prob=0.15,seed=7" in lines[1]
+    assert lines[1].endswith("--config.mlm.mask_prob=0.15 --config.seed=7")
+
+
+def test_sweep_without_get_sweep_runs_only_seeds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = tmp_path / "plain.py"
+    config.write_text(
+        "from vlp_jax import config_lib\nget_config = lambda arg=None: config_lib.base_config()\n"
+    )
+    with pytest.raises(SystemExit, match="no get_sweep"):
+        _sweep_module().main(["--config", str(config), "--root", "r"])
+    assert _sweep_module().main(["--config", str(config), "--root", "r", "--seeds", "1,2"]) == 0
+    assert [
+        line.split("--workdir ")[1].split()[0]
+        for line in capsys.readouterr().out.split("\n")
+        if line
+    ] == ["r/seed=1", "r/seed=2"]
+
+
+def test_parallel_runs_all_points_and_reports_a_failure(tmp_path):
+    sweep = _sweep_module()
+    script = (
+        "import sys, time; time.sleep(0.3); print('ran', sys.argv[1]); "
+        "sys.exit(3 if sys.argv[1] == 'b' else 0)"
+    )
+    names = ["a", "b", "c"]
+    cmds = [[sys.executable, "-c", script, name] for name in names]
+    logs = [str(tmp_path / f"{name}.log") for name in names]
+    assert sweep.run_parallel(cmds, logs, parallel=2) == 3
+    assert [open(log).read().strip() for log in logs] == ["ran a", "ran b", "ran c"]
+
+
+def test_summary_gives_each_run_and_the_spread_over_seeds(tmp_path):
+    sweep = _sweep_module()
+    points = sweep.with_seeds([{"mlm.mask_prob": 0.5}], [0, 1, 2])
+    for seed, acc in ((0, 72.0), (1, 65.0)):
+        run = tmp_path / f"mlm.mask_prob=0.5,seed={seed}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(
+            json.dumps({"step": 50, "train/loss": 1.0})
+            + "\n"
+            + json.dumps({"step": 100, "eval/hardneg_acc_itm": acc - 5})
+            + "\n"
+            + json.dumps({"step": 200, "eval/hardneg_acc_itm": acc})
+            + "\n"
+        )
+    result = sweep.summary(str(tmp_path), points, ["eval/hardneg_acc_itm"])
+    assert [r["eval/hardneg_acc_itm"] if r["step"] else None for r in result["runs"]] == [
+        72.0,
+        65.0,
+        None,
+    ]
+    assert result["over_seeds"]["mlm.mask_prob=0.5"] == {
+        "runs": 2,
+        "eval/hardneg_acc_itm": {"mean": 68.5, "min": 65.0, "max": 72.0},
+    }
+    assert "no evaluation" in sweep.format_summary(result, ["eval/hardneg_acc_itm"])
+    (tmp_path / "mlm.mask_prob=0.5,seed=1" / "metrics.jsonl").write_text('{"step": 1}\n{bad\n')
+    with pytest.raises(SystemExit, match=r"seed=1/metrics.jsonl:2 is not JSON"):
+        sweep.summary(str(tmp_path), points, ["eval/hardneg_acc_itm"])
 
 
 def test_tpu_pod_script_runs_main_on_every_worker():
