@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parallel < 1:
         raise SystemExit(f"error: --parallel must be at least 1, got {args.parallel}")
+    if args.parallel > 1 and not args.run:
+        raise SystemExit("error: --parallel runs points here, so it needs --run")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -228,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.root, "summary.json").write_text(json.dumps(result, indent=1) + "\n")
         return 0
 
+    cmds = commands(args.config, args.root, points, extra)
     fulls = []
-    for cmd in commands(args.config, args.root, points, extra):
+    for cmd in cmds:
         if args.slurm:
             name = "vlp_jax-" + cmd[3].rsplit("/", 1)[-1][:80]
             fulls.append(["sbatch", f"--job-name={name}", args.slurm, *cmd])
@@ -238,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for full in fulls:
         print(shlex.join(full), flush=True)
     if args.run and args.parallel > 1:
-        logs = [f"{cmd[3]}.log" for cmd in commands(args.config, args.root, points, extra)]
+        logs = [f"{cmd[3]}.log" for cmd in cmds]  # cmd[3] is the point's workdir
         return run_parallel(fulls, logs, args.parallel)
     if args.run or args.slurm:
         for full in fulls:

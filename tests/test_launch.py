@@ -63,6 +63,8 @@ def test_sweep_without_get_sweep_runs_only_seeds(tmp_path, capsys, monkeypatch):
     )
     with pytest.raises(SystemExit, match="no get_sweep"):
         _sweep_module().main(["--config", str(config), "--root", "r"])
+    with pytest.raises(SystemExit, match="--parallel runs points here, so it needs --run"):
+        _sweep_module().main(["--config", str(config), "--root", "r", "--parallel", "2"])
     assert _sweep_module().main(["--config", str(config), "--root", "r", "--seeds", "1,2"]) == 0
     assert [
         line.split("--workdir ")[1].split()[0]
