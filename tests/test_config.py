@@ -78,6 +78,9 @@ def test_bad_values_name_the_key_and_accepted_values():
     config.model.image.pos_embed_init = "rope"
     with pytest.raises(ValueError, match="config.model.image.pos_embed_init='rope'"):
         config_lib.validate(config)
+    config.model.image.pos_embed_init, config.model.init_std = "normal", 0.0
+    with pytest.raises(ValueError, match="config.model.init_std=0.0 must be a positive number"):
+        config_lib.validate(config)
 
 
 def test_config_argument_parsing():

@@ -18,6 +18,7 @@ from vlp_jax.models import (
     ViT,
     build_model,
     interpolate_pos_embed,
+    scale_initial_weights,
 )
 
 B, L, VOCAB, EMBED = 2, 8, 50, 16
@@ -409,3 +410,36 @@ def test_variants_and_build_errors():
         build_model(model_config(variant="H/99"))
     with pytest.raises(ValueError, match=r"model\.dtype"):
         build_model(model_config(dtype="float16"))
+
+
+def test_init_std_scales_random_weights_and_nothing_else(albef):
+    params = albef[2]["params"]
+    cfg = model_config("albef")
+    cfg.init_std = 0.08
+    scaled = scale_initial_weights(params, cfg)
+    np.testing.assert_allclose(
+        scaled["fusion"]["layers_0"]["crossattention"]["query"]["kernel"],
+        4.0 * params["fusion"]["layers_0"]["crossattention"]["query"]["kernel"],
+        rtol=1e-6,
+    )
+    for path in (("txt", "embeddings", "word_embeddings", "embedding"), ("img", "pos_embed")):
+        a, b = scaled, params
+        for key in path:
+            a, b = a[key], b[key]
+        np.testing.assert_allclose(a, 4.0 * b, rtol=1e-6)
+    np.testing.assert_array_equal(scaled["temperature"], params["temperature"])
+    np.testing.assert_array_equal(
+        scaled["txt"]["layers_0"]["mlp_norm"]["scale"],
+        params["txt"]["layers_0"]["mlp_norm"]["scale"],
+    )
+    np.testing.assert_array_equal(scaled["itm_head"]["bias"], params["itm_head"]["bias"])
+    kernels = [
+        np.asarray(x).ravel()
+        for path, x in jax.tree_util.tree_leaves_with_path(scaled)
+        if path[-1].key == "kernel"
+    ]
+    assert 0.075 < np.concatenate(kernels).std() < 0.085  # every kernel came from normal(0.02)
+    cfg.image.pos_embed_init = "sincos2d"  # a fixed table, not a random draw: left as it is
+    assert scale_initial_weights(params, cfg)["img"]["pos_embed"] is params["img"]["pos_embed"]
+    cfg.init_std = 0.02
+    assert scale_initial_weights(params, cfg) is params

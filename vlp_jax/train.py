@@ -32,7 +32,7 @@ from vlp_jax import (
 from vlp_jax.data import pipeline
 from vlp_jax.data.tokenizer import Tokenizer, load_tokenizer
 from vlp_jax.metrics import MetricWriter, Progress
-from vlp_jax.models import build_model
+from vlp_jax.models import build_model, scale_initial_weights
 
 State = dict[str, Any]
 
@@ -62,7 +62,7 @@ def init_state_fn(model: nn.Module, tx: optax.GradientTransformation, config) ->
     def init(rng: jax.Array) -> State:
         k_params, k_dropout = jax.random.split(rng)
         variables = model.init({"params": k_params, "dropout": k_dropout}, *dummy_inputs(config))
-        params = variables["params"]
+        params = scale_initial_weights(variables["params"], config.model)
         state = {
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(config.seed + 1)),

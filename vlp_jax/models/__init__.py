@@ -27,6 +27,7 @@ from vlp_jax.models.vlp import (
     DualEncoder,
     build_model,
     resolve_image_config,
+    scale_initial_weights,
 )
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "l2_normalize",
     "padding_to_attention_mask",
     "resolve_image_config",
+    "scale_initial_weights",
 ]

@@ -24,8 +24,10 @@ PARAM_AXES = frozenset(
 # Logical names of the residual stream between blocks.
 ACTIVATION_AXES = ("batch", "length", "act_embed")
 
-# BERT and timm both initialise linear layers and embeddings with std 0.02.
-DEFAULT_INIT: Initializer = nn.initializers.normal(stddev=0.02)
+# BERT and timm both initialise linear layers and embeddings with std 0.02 (`model.init_std`
+# rescales them afterwards, see `vlp.scale_initial_weights`).
+INIT_STD = 0.02
+DEFAULT_INIT: Initializer = nn.initializers.normal(stddev=INIT_STD)
 
 
 def boxed(init: Initializer, names: Sequence[str | None]) -> Initializer:

@@ -16,7 +16,7 @@ import ml_collections
 
 from vlp_jax.models.bert import BERT_LN_EPS, BertFusionEncoder, BertMLMHead, BertTextEncoder
 from vlp_jax.models.clip_text import ClipTextEncoder, eos_pool
-from vlp_jax.models.layers import Dtype, boxed, dense, l2_normalize
+from vlp_jax.models.layers import INIT_STD, Dtype, boxed, dense, l2_normalize
 from vlp_jax.models.vit import VIT_LN_EPS, VIT_VARIANTS, ViT
 
 # ALBEF clamps its learnable temperature to this range before every pre-training forward.
@@ -309,3 +309,30 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         **text_kw,
     )
     return DualEncoder(img=img, txt=txt, **common)
+
+
+def scale_initial_weights(params: Any, config: ml_collections.ConfigDict) -> Any:
+    """Freshly initialised ``params`` as if drawn with std ``config.init_std`` (``config.model``).
+
+    BERT and timm draw every weight matrix and embedding from normal(0.02) (``DEFAULT_INIT``),
+    a scale set for widths of 768 and more. On unit-variance (LayerNorm-ed) inputs of width D,
+    attention logits q·k/√d_head start with std D·s² (biases are 0): 0.05 for D = 128 and
+    s = 0.02, against 1 at s = 1/√D ≈ 0.088. So at the demo's width every attention, the
+    fusion's cross-attention included, starts uniform and slow to leave it.
+    A draw from normal(0.02) times s/0.02 is a draw from normal(s), so this multiplies every leaf
+    drawn from ``DEFAULT_INIT`` (``kernel``, ``embedding``, ``cls_token``, and ``pos_embed`` when
+    it starts normal) by ``init_std / 0.02``; biases, norms and the temperature keep their
+    values. Imported weights (``config.init``) replace these afterwards and are not scaled.
+    """
+    factor = float(config.get("init_std", INIT_STD)) / INIT_STD
+    if factor == 1.0:
+        return params
+    names = {"kernel", "embedding", "cls_token"}
+    if config.image.get("pos_embed_init", "normal") == "normal":
+        names.add("pos_embed")
+
+    def scale(path: tuple, leaf: jax.Array) -> jax.Array:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        return leaf * factor if keys and keys[-1] in names else leaf
+
+    return jax.tree_util.tree_map_with_path(scale, params)
