@@ -22,8 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "Initial weight scale").
     c.model.init_std = 0.09
     # GRIT-VLP's masking probability: MLM predicts half of each caption from the image instead
-    # of 15%, and ITM catches more swapped attributes
-    # (README, "The demo").
+    # of 15%, and ITM catches more swapped attributes (README, "The demo").
     c.mlm.mask_prob = 0.5
     return c
 
