@@ -37,19 +37,45 @@ def test_grouped_order_is_a_deterministic_permutation():
     assert not np.array_equal(order, other)
 
 
+@pytest.mark.parametrize("strategy", ["lazy", "lockstep"])
 @pytest.mark.parametrize("chunk_spaces", [64, 3])  # one call; several padded chunks
-def test_grouped_order_equals_the_plain_loop(chunk_spaces):
-    v, t = _clustered(7 * 32, seed=1)
-    fast = grouping.grouped_order(v, t, search_space=32, seed=5, chunk_spaces=chunk_spaces)
-    slow = grouping.reference_grouped_order(v, t, search_space=32, seed=5)
+@pytest.mark.parametrize("search_space", [32, 33, 80])  # lazy: 1 block; padded to 2; 3 blocks
+def test_grouped_order_equals_the_plain_loop(strategy, chunk_spaces, search_space):
+    v, t = _clustered(7 * search_space, seed=1)
+    kwargs = dict(search_space=search_space, seed=5, chunk_spaces=chunk_spaces)
+    fast = grouping.grouped_order(v, t, strategy=strategy, **kwargs)
+    slow = grouping.reference_grouped_order(v, t, search_space=search_space, seed=5)
     np.testing.assert_array_equal(fast, slow)
 
 
-def test_default_chunks_keep_similarity_matrices_in_a_cpu_cache():
-    # CPU tests: two 14.7 MB matrices for GRIT's M = 1,920; small spaces share one call.
-    assert grouping.default_chunk_spaces(1920) == 2
-    assert grouping.default_chunk_spaces(4096) == 1
-    assert grouping.default_chunk_spaces(64) == grouping.CPU_CACHE_BYTES // (4 * 64 * 64)
+def test_lazy_chain_breaks_ties_like_a_full_argmax():
+    # Each pair four times: equal similarities within a block and across blocks (bitwise equal
+    # in JAX's matmul; numpy's rounds the copies differently, so the numpy loop can't judge).
+    # The lazy chain must take the lowest unused index, as the lockstep chain's argmax does.
+    v, t = _clustered(40, seed=2)
+    v, t = np.tile(v, (4, 1)), np.tile(t, (4, 1))  # 160 pairs: blocks of 32 hold copies
+    kwargs = dict(search_space=160, seed=1)
+    lazy = grouping.grouped_order(v, t, strategy="lazy", **kwargs)
+    lockstep = grouping.grouped_order(v, t, strategy="lockstep", **kwargs)
+    np.testing.assert_array_equal(lazy, lockstep)
+
+
+def test_default_strategy_and_chunks_on_cpu():
+    assert grouping.default_strategy() == "lazy"  # the tests run on CPU
+    assert grouping.default_chunk_spaces(1920) == grouping.LAZY_CHUNK_SPACES
+    # The lockstep chain on CPU keeps its chunk's similarity matrices in a 32 MB cache: two
+    # 14.7 MB matrices for GRIT's M = 1,920; small spaces share one call.
+    assert grouping.default_chunk_spaces(1920, "lockstep") == 2
+    assert grouping.default_chunk_spaces(4096, "lockstep") == 1
+    assert grouping.default_chunk_spaces(64, "lockstep") == grouping.CPU_CACHE_BYTES // (
+        4 * 64 * 64
+    )
+
+
+def test_unknown_strategy_is_refused():
+    v, t = _clustered(64)
+    with pytest.raises(ValueError, match="strategy='fast'"):
+        grouping.grouped_order(v, t, search_space=64, seed=0, strategy="fast")
 
 
 def test_device_loop_makes_the_same_chains():

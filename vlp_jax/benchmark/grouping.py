@@ -110,16 +110,25 @@ def matmul_floor_seconds(
     search_space: int,
     chunk_spaces: int = 64,
     repeats: int = 1,
+    *,
+    batched: bool = True,
 ) -> float:
     """Time of the per-search-space similarity matmuls alone (the work grouping cannot avoid),
-    in the same chunks as `grouped_order` (host → device copies included, as there)."""
+    in chunks as `grouped_order` cuts them (host → device copies included, as there): one
+    einsum per chunk (`batched`, as the lockstep chain) or one space at a time within it (as the
+    lazy chain)."""
     dim = image_emb.shape[1]
     spaces = len(image_emb) // search_space
-    width = min(chunk_spaces, spaces)
+    width = -(-spaces // -(-spaces // chunk_spaces))
+
+    def space_max(v, t):  # reduce: keep memory small
+        return jnp.einsum("md,nd->mn", v, t).max()
 
     @jax.jit
     def sims(v, t):
-        return jnp.einsum("smd,snd->smn", v, t).max(axis=(1, 2))  # reduce: keep memory small
+        if batched:
+            return jnp.einsum("smd,snd->smn", v, t).max(axis=(1, 2))
+        return jax.lax.map(lambda vt: space_max(*vt), (v, t))
 
     def run(lo: int) -> None:
         hi = min(lo + width, spaces)
@@ -158,10 +167,10 @@ def _hop_loop(read: Any, reduce: Any) -> Any:
 
 def hop_costs(search_space: int, dim: int, repeats: int = 3) -> dict[str, float]:
     """What one search space costs, piece by piece, with its matrix already in memory: the
-    similarity matmul, the whole chain (`grouping._chains` minus the matmul), and microseconds
-    per hop for a row read (image → text), a column read (text → image), and a row reduced by a
-    plain max instead of an argmax. `chain_budget_ms` is the chain time that would put
-    `grouped_order` at 1.3× the matmul floor."""
+    similarity matmul, the whole chain of each strategy (`grouping.CHAINS`, minus the matmul),
+    and microseconds per hop for a row read (image → text), a column read (text → image), and a
+    row reduced by a plain max instead of an argmax. `chain_budget_ms` is the chain time that
+    would put `grouped_order` at 1.3× the matmul floor."""
     v, t = clustered_embeddings(search_space, dim)
     v3, t3 = jnp.asarray(v)[None], jnp.asarray(t)[None]
     sims = jnp.asarray(v @ t.T)
@@ -176,7 +185,9 @@ def hop_costs(search_space: int, dim: int, repeats: int = 3) -> dict[str, float]
     column = functools.partial(jax.lax.dynamic_index_in_dim, axis=1, keepdims=False)
     hops = search_space - 1
     out = {"matmul_ms": 1e3 * timed(lambda: matmul(v3, t3))}
-    out["chain_ms"] = 1e3 * timed(lambda: grouping._chains(v3, t3, start)) - out["matmul_ms"]
+    for name, chains in grouping.CHAINS.items():
+        seconds = timed(lambda chains=chains: chains(v3, t3, start))
+        out[f"{name}_chain_ms"] = 1e3 * seconds - out["matmul_ms"]
     out["chain_budget_ms"] = 0.3 * out["matmul_ms"]
     for name, read, reduce in (
         ("row_argmax", row, jnp.argmax),
@@ -207,13 +218,21 @@ def measure(
     repeats: int = 1,
     loops: tuple[str, ...] = ("lean", "paper"),
     chunk_spaces: int | None = None,
+    strategy: str | None = None,
 ) -> dict[str, Any]:
     v, t = clustered_embeddings(n, dim)
-    chunk_spaces = chunk_spaces or grouping.default_chunk_spaces(search_space)
+    strategy = strategy or grouping.default_strategy()
+    chunk_spaces = chunk_spaces or grouping.default_chunk_spaces(search_space, strategy)
 
     def fast_order(seed: int) -> np.ndarray:
         return grouping.grouped_order(
-            v, t, search_space=search_space, seed=seed, group_size=batch, chunk_spaces=chunk_spaces
+            v,
+            t,
+            search_space=search_space,
+            seed=seed,
+            group_size=batch,
+            chunk_spaces=chunk_spaces,
+            strategy=strategy,
         )
 
     # The first call compiles the chain for this chunk shape; time the calls after it.
@@ -227,18 +246,24 @@ def measure(
         "dim": dim,
         "search_space": search_space,
         "batch": batch,
+        "strategy": strategy,
         "chunk_spaces": chunk_spaces,
         "repeats": repeats,
         "jax_seconds": fast,
         "jax_first_call_seconds": first,
-        "matmul_floor_seconds": matmul_floor_seconds(
-            v, t, search_space, chunk_spaces=chunk_spaces, repeats=repeats
-        ),
         "hardest_negative_sim_grouped": hardest_negative_similarity(v, t, order, batch),
         "hardest_negative_sim_random": hardest_negative_similarity(
             v, t, np.random.default_rng(0).permutation(n), batch
         ),
     }
+    # The floor is the faster of the two ways to run the matmuls (each in its strategy's chunks):
+    # a chain that computes them more slowly than it could gets no softer floor.
+    for form, way in (("batched", "lockstep"), ("per_space", "lazy")):
+        chunk = grouping.default_chunk_spaces(search_space, way)
+        chunk = chunk_spaces if strategy == way else chunk
+        row[f"matmul_floor_{form}_seconds"] = matmul_floor_seconds(
+            v, t, search_space, chunk_spaces=chunk, repeats=repeats, batched=form == "batched"
+        )
     for name in loops if n <= reference_up_to else ():
         start = time.perf_counter()
         loop_order = LOOPS[name](v, t, search_space=search_space, seed=0)
@@ -247,6 +272,9 @@ def measure(
             v, t, loop_order, batch
         )
         row[f"speedup_vs_{name}_loop"] = row[f"{name}_loop_seconds"] / fast
+    row["matmul_floor_seconds"] = min(
+        row["matmul_floor_batched_seconds"], row["matmul_floor_per_space_seconds"]
+    )
     row["ratio_to_matmul_floor"] = fast / row["matmul_floor_seconds"]
     return row
 
@@ -272,12 +300,13 @@ def main(argv: list[str]) -> None:
             f.repeats,
             loops=loops,
             chunk_spaces=f.chunk_spaces,
+            strategy=f.strategy or None,
         )
         row["device"] = device
         rows.append(row)
         ran = [x for x in loops if f"{x}_loop_seconds" in row]
         print(
-            f"N={n:>9,} jax {row['jax_seconds']:7.3f} s | matmul floor "
+            f"N={n:>9,} jax ({row['strategy']}) {row['jax_seconds']:7.3f} s | matmul floor "
             f"{row['matmul_floor_seconds']:6.3f} s (×{row['ratio_to_matmul_floor']:.2f}) | "
             + "".join(
                 f"{x} loop {row[f'{x}_loop_seconds']:7.2f} s "
@@ -295,8 +324,9 @@ def main(argv: list[str]) -> None:
         costs["device"] = device
         rows.append({"hop_costs": costs})
         print(
-            "one search space: matmul {matmul_ms:.2f} ms, chain {chain_ms:.2f} ms (budget for "
-            "1.3× the floor {chain_budget_ms:.2f} ms); µs per hop: row argmax "
+            "one search space: matmul {matmul_ms:.2f} ms, chain {lazy_chain_ms:.2f} ms lazy, "
+            "{lockstep_chain_ms:.2f} ms lockstep (budget for 1.3× the floor "
+            "{chain_budget_ms:.2f} ms); µs per hop: row argmax "
             "{row_argmax_us_per_hop:.2f}, column argmax {column_argmax_us_per_hop:.2f}, row max "
             "{row_max_us_per_hop:.2f}".format(**costs),
             flush=True,
@@ -318,8 +348,10 @@ if __name__ == "__main__":
     flags.DEFINE_integer(
         "chunk_spaces",
         0,
-        "Search spaces per device call of grouped_order and of the floor "
-        "(0: grouping.default_chunk_spaces).",
+        "Search spaces per device call of grouped_order (0: grouping.default_chunk_spaces).",
+    )
+    flags.DEFINE_string(
+        "strategy", "", "grouped_order's chain: lazy or lockstep ('': grouping.default_strategy)."
     )
     flags.DEFINE_integer(
         "repeats", 3, "JAX and floor timings: the median of this many calls (loops run once)."

@@ -9,10 +9,19 @@ every pair once, alternating modalities:
               argmax_{k unused} ⟨t_{c_n}, v_k⟩   if n is odd    (nearest image to the text)
 
 (GRIT's row-softmax with temperature τ > 0 does not change an argmax, so raw cosines are used.)
-Consecutive runs of the chain become batches, and the batches are shuffled. All search spaces
-advance together: each step of the chain is one masked argmax over a [spaces, M] block, inside
-a jitted `lax.fori_loop`, so the chain costs M tiny steps for the whole dataset rather than per
-search space. Similarities are built per chunk of search spaces to bound memory.
+Consecutive runs of the chain become batches, and the batches are shuffled.
+
+Two exact ways to run the chain (`strategy`; both give the reference loop's chains):
+- `lockstep` (accelerators): all search spaces of a call advance together, each hop one masked
+  argmax over a [spaces, M] block inside a jitted `lax.fori_loop`, so the chain costs M tiny
+  steps for the whole call rather than per search space.
+- `lazy` (CPU): one search space at a time, with block maxima. Every row and column of the
+  similarity matrix is cut into blocks of `BLOCK`; one vectorised pass stores each block's
+  maximum, ignoring which pairs are used. A hop scans the cursor's block maxima, refreshes the
+  best block (its maximum over unused pairs, `BLOCK` reads) and stops when the best block is
+  fresh: stale maxima only over-estimate, so that block holds the masked argmax (ties go to the
+  lowest index, as with a full argmax). A hop reads a few blocks instead of a whole row or
+  column (a strided one for text → image hops).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ import numpy as np
 
 
 @jax.jit
-def _chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
-    """image_emb, text_emb [S, M, d]; start [S] → chain [S, M] of positions within each space."""
+def _lockstep_chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
+    """image_emb, text_emb [S, M, d]; start [S] → chain [S, M] of positions within each space,
+    all spaces in lockstep."""
     spaces, m, _ = image_emb.shape
     # One similarity matrix: image → text hops read its rows, text → image hops its columns.
     # (A transposed copy makes the column reads contiguous but costs as much as it saves, and
@@ -53,17 +63,97 @@ def _chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.
     return carry[0]
 
 
+BLOCK = 32  # pairs per block of the lazy chain: a hop reads one row's 1,920 / 32 = 60 maxima
+
+
+def _lazy_space_chain(sims: jax.Array, start: jax.Array, m: int) -> jax.Array:
+    """One search space's chain from its similarity matrix [Mp, Mp] (M real pairs, padded with
+    −inf to a multiple of BLOCK); chain [M] of positions."""
+    padded = sims.shape[0]
+    blocks = padded // BLOCK
+    # [pair, block]: the maximum of image `pair`'s row over each block of texts, and of text
+    # `pair`'s column over each block of images (small, so stored pair-major for both).
+    row_max = sims.reshape(padded, blocks, BLOCK).max(axis=2)
+    column_max = sims.reshape(blocks, BLOCK, padded).max(axis=1).T
+
+    def refresh(image_to_text, cur, used, maxima):
+        # The best block by its (possibly stale) maximum, re-read over unused pairs only.
+        b = jnp.argmax(maxima).astype(jnp.int32)
+        if image_to_text:
+            read = jax.lax.dynamic_slice(sims, (cur, b * BLOCK), (1, BLOCK))[0]
+        else:
+            read = jax.lax.dynamic_slice(sims, (b * BLOCK, cur), (BLOCK, 1))[:, 0]
+        read = read + jax.lax.dynamic_slice(used, (b * BLOCK,), (BLOCK,))
+        i = jnp.argmax(read).astype(jnp.int32)
+        fresh = read[i] == maxima[b]  # then no other block can hold more: the hop ends here
+        return jax.lax.dynamic_update_slice(maxima, read[i][None], (b,)), b * BLOCK + i, fresh
+
+    def hop(image_to_text, cur, used):
+        maxima = jax.lax.dynamic_index_in_dim(row_max if image_to_text else column_max, cur, 0)
+        first = refresh(image_to_text, cur, used, maxima[0])
+        _, nxt, _ = jax.lax.while_loop(
+            lambda carry: ~carry[2],
+            lambda carry: refresh(image_to_text, cur, used, carry[0]),
+            first,
+        )
+        return nxt, used.at[nxt].set(-jnp.inf)
+
+    def two_hops(k, carry):
+        order, used, cur = carry
+        text, used = hop(True, cur, used)
+        image, used = hop(False, text, used)
+        order = jax.lax.dynamic_update_slice(order, jnp.stack([text, image]), (2 * k + 1,))
+        return order, used, image
+
+    order = jnp.zeros(m, jnp.int32).at[0].set(start)
+    used = jnp.where(jnp.arange(padded) < m, 0.0, -jnp.inf).at[start].set(-jnp.inf)
+    order, used, cur = jax.lax.fori_loop(0, (m - 1) // 2, two_hops, (order, used, start))
+    if (m - 1) % 2:  # M even: one image → text hop is left
+        order = order.at[m - 1].set(hop(True, cur, used)[0])
+    return order
+
+
+@jax.jit
+def _lazy_chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
+    """image_emb, text_emb [S, M, d]; start [S] → chain [S, M]: one search space at a time
+    (`lax.map`), so each similarity matrix is built and chained while it sits in cache."""
+    m = image_emb.shape[1]
+    padded = -(-m // BLOCK) * BLOCK
+
+    def one_space(args):
+        v, t, s = args
+        sims = jnp.einsum("md,nd->mn", v, t, preferred_element_type=jnp.float32)
+        if padded != m:
+            sims = jnp.pad(sims, ((0, padded - m), (0, padded - m)), constant_values=-jnp.inf)
+        return _lazy_space_chain(sims, s, m)
+
+    return jax.lax.map(one_space, (image_emb, text_emb, start))
+
+
+CHAINS = {"lockstep": _lockstep_chains, "lazy": _lazy_chains}
+
+
+def default_strategy() -> str:
+    """`lazy` on CPU, where a hop's cost is the elements it reads; `lockstep` elsewhere, where
+    it is the kernel launches, whatever the width."""
+    return "lazy" if jax.default_backend() == "cpu" else "lockstep"
+
+
 CPU_CACHE_BYTES = 32 << 20  # about one shared L3; the sizing below was measured on a 32 MB one
+LAZY_CHUNK_SPACES = 16  # the lazy chain holds one similarity matrix at a time, whatever the chunk
 
 
-def default_chunk_spaces(search_space: int) -> int:
+def default_chunk_spaces(search_space: int, strategy: str | None = None) -> int:
     """Search spaces per device call of the chain.
 
-    On CPU, as many as keep their float32 similarity matrices within `CPU_CACHE_BYTES` (2 for
-    M = 1,920): the chain's hops then read from cache, and 122,880 pairs group in 1.44–1.49 s
-    against 1.91–1.92 s with 64 per call (2-core VM, medians of 3). Elsewhere 64: on a GPU each
-    hop costs a few kernel launches whatever the width, so wide chunks pay.
+    `lazy` chains one space at a time, so the chunk only sets how much of the embeddings is
+    copied per call: `LAZY_CHUNK_SPACES`. `lockstep` on CPU takes as many spaces as keep their
+    float32 similarity matrices within `CPU_CACHE_BYTES` (2 for M = 1,920), so its hops read
+    from cache; elsewhere 64: on a GPU each hop costs a few kernel launches whatever the width,
+    so wide chunks pay.
     """
+    if (strategy or default_strategy()) == "lazy":
+        return LAZY_CHUNK_SPACES
     if jax.default_backend() == "cpu":
         return max(1, CPU_CACHE_BYTES // (4 * search_space * search_space))
     return 64
@@ -77,14 +167,16 @@ def grouped_order(
     seed: int,
     group_size: int | None = None,
     chunk_spaces: int | None = None,
+    strategy: str | None = None,
 ) -> np.ndarray:
     """A permutation of range(N) whose consecutive runs of `group_size` are grouped batches.
 
     image_emb, text_emb [N, d] (L2-normalised; pair k is row k of both). N must be a multiple of
     `search_space` (callers group the largest such prefix and append the rest in random order).
     With `group_size` (a divisor of `search_space`), the batches are shuffled as GRIT does;
-    without it the chains are returned in search-space order. `chunk_spaces` (search spaces per
-    device call) defaults to `default_chunk_spaces`; it changes the speed, never the order.
+    without it the chains are returned in search-space order. `strategy` (`lazy` or `lockstep`,
+    default `default_strategy()`) and `chunk_spaces` (at most this many search spaces per device
+    call, default `default_chunk_spaces`) change the speed, never the order.
     """
     # Host arrays: only one chunk of search spaces at a time goes to the device.
     image_emb = np.asarray(image_emb, np.float32)
@@ -107,23 +199,27 @@ def grouped_order(
         raise ValueError(
             f"search_space={search_space} is not a multiple of group_size={group_size}"
         )
+    strategy = strategy or default_strategy()
+    if strategy not in CHAINS:
+        raise ValueError(f"strategy={strategy!r}; choose from {sorted(CHAINS)}")
     if chunk_spaces is None:
-        chunk_spaces = default_chunk_spaces(search_space)
+        chunk_spaces = default_chunk_spaces(search_space, strategy)
     if chunk_spaces < 1:
         raise ValueError(f"chunk_spaces={chunk_spaces}; it must be at least 1")
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(n)
     spaces = n // search_space
     starts = rng.integers(0, search_space, spaces)
+    # Equal chunks, the last padded by repeating it: one shape, one compilation, and fewer than
+    # one padded space per chunk.
+    width = -(-spaces // -(-spaces // chunk_spaces))
     chains = []
-    for lo in range(0, spaces, chunk_spaces):
-        hi = min(lo + chunk_spaces, spaces)
+    for lo in range(0, spaces, width):
+        hi = min(lo + width, spaces)
         take = shuffled[lo * search_space : hi * search_space]
-        # Pad the last chunk (by repeating it) to the chunk size: one shape, one compilation.
-        width = chunk_spaces if spaces > chunk_spaces else spaces
         idx = np.resize(take, width * search_space)
         shape = (width, search_space, dim)
-        chain = _chains(
+        chain = CHAINS[strategy](
             image_emb[idx].reshape(shape),
             text_emb[idx].reshape(shape),
             jnp.asarray(np.resize(starts[lo:hi], width), jnp.int32),
