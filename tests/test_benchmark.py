@@ -106,8 +106,11 @@ def test_grouping_benchmark_times_every_loop_at_equal_quality():
         repeats=2,
         loops=("lean", "paper", "device"),
         chunk_spaces=2,
+        workers=2,
     )
-    assert row["repeats"] == 2 and row["jax_seconds"] > 0 and row["matmul_floor_seconds"] > 0
+    assert row["workers"] == 2 and row["repeats"] == 2
+    for key in ("jax", "jax_one_thread", "matmul_floor"):
+        assert row[f"{key}_seconds"] > 0
     # The same chains, so the same batches' hardness; all harder than random batches.
     for loop in ("paper", "device"):
         assert row[f"hardest_negative_sim_{loop}_loop"] == pytest.approx(
@@ -118,9 +121,10 @@ def test_grouping_benchmark_times_every_loop_at_equal_quality():
     )
     assert row["hardest_negative_sim_grouped"] > row["hardest_negative_sim_random"]
     assert row["speedup_vs_device_loop"] > 0 and row["ratio_to_matmul_floor"] > 0
-    # The strictest floor: the faster of the batched and the one-space-at-a-time matmuls.
+    # The strictest floor: the fastest of the batched, the one-space-at-a-time and the threaded
+    # matmuls.
     assert row["matmul_floor_seconds"] == min(
-        row["matmul_floor_batched_seconds"], row["matmul_floor_per_space_seconds"]
+        row[f"matmul_floor_{form}_seconds"] for form in ("batched", "per_space", "threaded")
     )
 
 

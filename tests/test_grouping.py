@@ -1,5 +1,7 @@
 """GRIT grouping: a permutation, harder batches than random, deterministic, equal to the loop."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -38,11 +40,12 @@ def test_grouped_order_is_a_deterministic_permutation():
 
 
 @pytest.mark.parametrize("strategy", ["lazy", "lockstep"])
-@pytest.mark.parametrize("chunk_spaces", [64, 3])  # one call; several padded chunks
+# One call; several padded chunks on one thread; one space per call on three threads.
+@pytest.mark.parametrize("chunk_spaces,workers", [(64, 1), (3, 1), (1, 3)])
 @pytest.mark.parametrize("search_space", [32, 33, 80])  # lazy: 1 block; padded to 2; 3 blocks
-def test_grouped_order_equals_the_plain_loop(strategy, chunk_spaces, search_space):
+def test_grouped_order_equals_the_plain_loop(strategy, chunk_spaces, workers, search_space):
     v, t = _clustered(7 * search_space, seed=1)
-    kwargs = dict(search_space=search_space, seed=5, chunk_spaces=chunk_spaces)
+    kwargs = dict(search_space=search_space, seed=5, chunk_spaces=chunk_spaces, workers=workers)
     fast = grouping.grouped_order(v, t, strategy=strategy, **kwargs)
     slow = grouping.reference_grouped_order(v, t, search_space=search_space, seed=5)
     np.testing.assert_array_equal(fast, slow)
@@ -60,8 +63,9 @@ def test_lazy_chain_breaks_ties_like_a_full_argmax():
     np.testing.assert_array_equal(lazy, lockstep)
 
 
-def test_default_strategy_and_chunks_on_cpu():
+def test_default_strategy_chunks_and_workers_on_cpu():
     assert grouping.default_strategy() == "lazy"  # the tests run on CPU
+    assert grouping.default_workers() == len(os.sched_getaffinity(0))
     assert grouping.default_chunk_spaces(1920) == grouping.LAZY_CHUNK_SPACES
     # The lockstep chain on CPU keeps its chunk's similarity matrices in a 32 MB cache: two
     # 14.7 MB matrices for GRIT's M = 1,920; small spaces share one call.
@@ -119,3 +123,5 @@ def test_grouped_order_names_bad_sizes():
         grouping.grouped_order(v[:64], t[:64], search_space=64, seed=0, group_size=24)
     with pytest.raises(ValueError, match="chunk_spaces=0"):
         grouping.grouped_order(v[:64], t[:64], search_space=64, seed=0, chunk_spaces=0)
+    with pytest.raises(ValueError, match="workers=0"):
+        grouping.grouped_order(v[:64], t[:64], search_space=64, seed=0, workers=0)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -104,19 +106,19 @@ LOOPS = {
 }
 
 
-def matmul_floor_seconds(
+def matmul_floor_runner(
     image_emb: np.ndarray,
     text_emb: np.ndarray,
     search_space: int,
     chunk_spaces: int = 64,
-    repeats: int = 1,
     *,
     batched: bool = True,
-) -> float:
-    """Time of the per-search-space similarity matmuls alone (the work grouping cannot avoid),
-    in chunks as `grouped_order` cuts them (host → device copies included, as there): one
-    einsum per chunk (`batched`, as the lockstep chain) or one space at a time within it (as the
-    lazy chain)."""
+    workers: int = 1,
+) -> Callable[[], None]:
+    """A compiled call that runs the per-search-space similarity matmuls alone (the work
+    grouping cannot avoid), in chunks as `grouped_order` cuts them (host → device copies
+    included, as there): one einsum per chunk (`batched`, as the lockstep chain) or one space at
+    a time within it (as the lazy chain), the chunks run by `workers` threads."""
     dim = image_emb.shape[1]
     spaces = len(image_emb) // search_space
     width = -(-spaces // -(-spaces // chunk_spaces))
@@ -141,10 +143,15 @@ def matmul_floor_seconds(
     run(0)  # compile
 
     def once() -> None:
-        for lo in range(0, spaces, width):
-            run(lo)
+        lows = range(0, spaces, width)
+        if workers == 1:
+            for lo in lows:
+                run(lo)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, lows))
 
-    return median_seconds(once, repeats)
+    return once
 
 
 def _hop_loop(read: Any, reduce: Any) -> Any:
@@ -170,7 +177,7 @@ def hop_costs(search_space: int, dim: int, repeats: int = 3) -> dict[str, float]
     similarity matmul, the whole chain of each strategy (`grouping.CHAINS`, minus the matmul),
     and microseconds per hop for a row read (image → text), a column read (text → image), and a
     row reduced by a plain max instead of an argmax. `chain_budget_ms` is the chain time that
-    would put `grouped_order` at 1.3× the matmul floor."""
+    would put `grouped_order` at 1.3× the matmul floor in one thread (`workers=1`)."""
     v, t = clustered_embeddings(search_space, dim)
     v3, t3 = jnp.asarray(v)[None], jnp.asarray(t)[None]
     sims = jnp.asarray(v @ t.T)
@@ -201,12 +208,22 @@ def hop_costs(search_space: int, dim: int, repeats: int = 3) -> dict[str, float]
 
 def median_seconds(fn: Any, repeats: int) -> float:
     """Median wall time of `repeats` calls: this shared 2-core VM varies by up to ±40% per call."""
-    times = []
+    return interleaved_median_seconds({"fn": fn}, repeats)["fn"]
+
+
+def interleaved_median_seconds(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, float]:
+    """Median wall time of each of `runs` over `repeats` rounds, each round calling every one
+    once in turn, so that a machine's drift in speed (minutes long on a shared VM) weighs on all
+    of them alike and their ratios stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure(
@@ -219,12 +236,14 @@ def measure(
     loops: tuple[str, ...] = ("lean", "paper"),
     chunk_spaces: int | None = None,
     strategy: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     v, t = clustered_embeddings(n, dim)
     strategy = strategy or grouping.default_strategy()
     chunk_spaces = chunk_spaces or grouping.default_chunk_spaces(search_space, strategy)
+    workers = workers or grouping.default_workers()
 
-    def fast_order(seed: int) -> np.ndarray:
+    def fast_order(seed: int, threads: int = workers) -> np.ndarray:
         return grouping.grouped_order(
             v,
             t,
@@ -233,6 +252,7 @@ def measure(
             group_size=batch,
             chunk_spaces=chunk_spaces,
             strategy=strategy,
+            workers=threads,
         )
 
     # The first call compiles the chain for this chunk shape; time the calls after it.
@@ -240,7 +260,23 @@ def measure(
     fast_order(1)
     first = time.perf_counter() - start
     order = fast_order(0)
-    fast = median_seconds(lambda: fast_order(0), repeats)
+    runs = {"jax": lambda: fast_order(0)}
+    if workers > 1:  # what the threads bring, in the same rounds
+        runs["jax_one_thread"] = lambda: fast_order(0, threads=1)
+    # The floor is the fastest way found to run the matmuls alone: a chain that computes them
+    # more slowly than it could gets no softer floor. One einsum per chunk (lockstep's way, in
+    # its chunks) or one space at a time (the lazy chain's way, 16 spaces per call), in one
+    # thread; and one space at a time in this run's chunks and threads.
+    floors = {
+        "batched": dict(chunk_spaces=grouping.default_chunk_spaces(search_space, "lockstep")),
+        "per_space": dict(chunk_spaces=16, batched=False),
+        "threaded": dict(chunk_spaces=chunk_spaces, batched=False, workers=workers),
+    }
+    for form, kwargs in floors.items():
+        runs[f"matmul_floor_{form}"] = matmul_floor_runner(v, t, search_space, **kwargs)
+    # Rounds of all of them in turn: the ratios compare timings taken side by side.
+    seconds = interleaved_median_seconds(runs, repeats)
+    fast = seconds["jax"]
     row: dict[str, Any] = {
         "pairs": n,
         "dim": dim,
@@ -248,22 +284,15 @@ def measure(
         "batch": batch,
         "strategy": strategy,
         "chunk_spaces": chunk_spaces,
+        "workers": workers,
         "repeats": repeats,
-        "jax_seconds": fast,
         "jax_first_call_seconds": first,
+        **{f"{name}_seconds": value for name, value in seconds.items()},
         "hardest_negative_sim_grouped": hardest_negative_similarity(v, t, order, batch),
         "hardest_negative_sim_random": hardest_negative_similarity(
             v, t, np.random.default_rng(0).permutation(n), batch
         ),
     }
-    # The floor is the faster of the two ways to run the matmuls (each in its strategy's chunks):
-    # a chain that computes them more slowly than it could gets no softer floor.
-    for form, way in (("batched", "lockstep"), ("per_space", "lazy")):
-        chunk = grouping.default_chunk_spaces(search_space, way)
-        chunk = chunk_spaces if strategy == way else chunk
-        row[f"matmul_floor_{form}_seconds"] = matmul_floor_seconds(
-            v, t, search_space, chunk_spaces=chunk, repeats=repeats, batched=form == "batched"
-        )
     for name in loops if n <= reference_up_to else ():
         start = time.perf_counter()
         loop_order = LOOPS[name](v, t, search_space=search_space, seed=0)
@@ -272,9 +301,7 @@ def measure(
             v, t, loop_order, batch
         )
         row[f"speedup_vs_{name}_loop"] = row[f"{name}_loop_seconds"] / fast
-    row["matmul_floor_seconds"] = min(
-        row["matmul_floor_batched_seconds"], row["matmul_floor_per_space_seconds"]
-    )
+    row["matmul_floor_seconds"] = min(row[f"matmul_floor_{form}_seconds"] for form in floors)
     row["ratio_to_matmul_floor"] = fast / row["matmul_floor_seconds"]
     return row
 
@@ -301,12 +328,20 @@ def main(argv: list[str]) -> None:
             loops=loops,
             chunk_spaces=f.chunk_spaces,
             strategy=f.strategy or None,
+            workers=f.workers or None,
         )
         row["device"] = device
         rows.append(row)
         ran = [x for x in loops if f"{x}_loop_seconds" in row]
         print(
-            f"N={n:>9,} jax ({row['strategy']}) {row['jax_seconds']:7.3f} s | matmul floor "
+            f"N={n:>9,} jax ({row['strategy']}, {row['workers']} threads) "
+            f"{row['jax_seconds']:7.3f} s"
+            + (
+                f" (one thread {row['jax_one_thread_seconds']:.3f} s)"
+                if "jax_one_thread_seconds" in row
+                else ""
+            )
+            + " | matmul floor "
             f"{row['matmul_floor_seconds']:6.3f} s (×{row['ratio_to_matmul_floor']:.2f}) | "
             + "".join(
                 f"{x} loop {row[f'{x}_loop_seconds']:7.2f} s "
@@ -350,6 +385,7 @@ if __name__ == "__main__":
         0,
         "Search spaces per device call of grouped_order (0: grouping.default_chunk_spaces).",
     )
+    flags.DEFINE_integer("workers", 0, "Threads of grouped_order (0: grouping.default_workers).")
     flags.DEFINE_string(
         "strategy", "", "grouped_order's chain: lazy or lockstep ('': grouping.default_strategy)."
     )

@@ -22,9 +22,15 @@ Two exact ways to run the chain (`strategy`; both give the reference loop's chai
   fresh: stale maxima only over-estimate, so that block holds the masked argmax (ties go to the
   lowest index, as with a full argmax). A hop reads a few blocks instead of a whole row or
   column (a strided one for text → image hops).
+
+On CPU, chunks of search spaces go to `workers` threads (one per core): a chain is one core's
+serial loop, so while one thread chains, the others' matmuls have the remaining cores.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -140,23 +146,33 @@ def default_strategy() -> str:
 
 
 CPU_CACHE_BYTES = 32 << 20  # about one shared L3; the sizing below was measured on a 32 MB one
-LAZY_CHUNK_SPACES = 16  # the lazy chain holds one similarity matrix at a time, whatever the chunk
+LAZY_CHUNK_SPACES = 1  # one search space per call, so the threads share the work evenly
 
 
 def default_chunk_spaces(search_space: int, strategy: str | None = None) -> int:
     """Search spaces per device call of the chain.
 
-    `lazy` chains one space at a time, so the chunk only sets how much of the embeddings is
-    copied per call: `LAZY_CHUNK_SPACES`. `lockstep` on CPU takes as many spaces as keep their
-    float32 similarity matrices within `CPU_CACHE_BYTES` (2 for M = 1,920), so its hops read
-    from cache; elsewhere 64: on a GPU each hop costs a few kernel launches whatever the width,
-    so wide chunks pay.
+    `lazy` chains one space at a time within a call, so its chunk only sets the work one
+    thread takes at a time: `LAZY_CHUNK_SPACES`. `lockstep` on CPU takes as many spaces as keep
+    their float32 similarity matrices within `CPU_CACHE_BYTES` (2 for M = 1,920), so its hops
+    read from cache; elsewhere 64: on a GPU each hop costs a few kernel launches whatever the
+    width, so wide chunks pay.
     """
     if (strategy or default_strategy()) == "lazy":
         return LAZY_CHUNK_SPACES
     if jax.default_backend() == "cpu":
         return max(1, CPU_CACHE_BYTES // (4 * search_space * search_space))
     return 64
+
+
+def default_workers() -> int:
+    """Threads that run chunks concurrently: on CPU one per core this process may use (a chain
+    keeps one core busy, and a thread waiting on XLA holds no lock, so the matmuls of other
+    chunks fill the rest); elsewhere 1, as the device runs one call at a time."""
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(cores) if cores else os.cpu_count() or 1
 
 
 def grouped_order(
@@ -168,6 +184,7 @@ def grouped_order(
     group_size: int | None = None,
     chunk_spaces: int | None = None,
     strategy: str | None = None,
+    workers: int | None = None,
 ) -> np.ndarray:
     """A permutation of range(N) whose consecutive runs of `group_size` are grouped batches.
 
@@ -175,8 +192,9 @@ def grouped_order(
     `search_space` (callers group the largest such prefix and append the rest in random order).
     With `group_size` (a divisor of `search_space`), the batches are shuffled as GRIT does;
     without it the chains are returned in search-space order. `strategy` (`lazy` or `lockstep`,
-    default `default_strategy()`) and `chunk_spaces` (at most this many search spaces per device
-    call, default `default_chunk_spaces`) change the speed, never the order.
+    default `default_strategy()`), `chunk_spaces` (at most this many search spaces per device
+    call, default `default_chunk_spaces`) and `workers` (threads running calls concurrently,
+    default `default_workers()`) change the speed, never the order.
     """
     # Host arrays: only one chunk of search spaces at a time goes to the device.
     image_emb = np.asarray(image_emb, np.float32)
@@ -206,6 +224,9 @@ def grouped_order(
         chunk_spaces = default_chunk_spaces(search_space, strategy)
     if chunk_spaces < 1:
         raise ValueError(f"chunk_spaces={chunk_spaces}; it must be at least 1")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers={workers}; it must be at least 1")
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(n)
     spaces = n // search_space
@@ -213,20 +234,28 @@ def grouped_order(
     # Equal chunks, the last padded by repeating it: one shape, one compilation, and fewer than
     # one padded space per chunk.
     width = -(-spaces // -(-spaces // chunk_spaces))
-    chains = []
-    for lo in range(0, spaces, width):
+    chain_fn = CHAINS[strategy]
+
+    def chunk_chains(lo: int) -> np.ndarray:
         hi = min(lo + width, spaces)
         take = shuffled[lo * search_space : hi * search_space]
         idx = np.resize(take, width * search_space)
         shape = (width, search_space, dim)
-        chain = CHAINS[strategy](
+        chain = chain_fn(
             image_emb[idx].reshape(shape),
             text_emb[idx].reshape(shape),
             jnp.asarray(np.resize(starts[lo:hi], width), jnp.int32),
         )
         chain = np.asarray(chain)[: hi - lo]
         offsets = (np.arange(hi - lo) * search_space)[:, None]
-        chains.append(take[(chain + offsets).reshape(-1)])
+        return take[(chain + offsets).reshape(-1)]
+
+    lows = range(0, spaces, width)
+    if workers == 1 or len(lows) == 1:
+        chains = [chunk_chains(lo) for lo in lows]
+    else:
+        with ThreadPoolExecutor(min(workers, len(lows))) as pool:
+            chains = list(pool.map(chunk_chains, lows))
     order = np.concatenate(chains)
     if group_size is not None:
         batches = order.reshape(-1, group_size)
