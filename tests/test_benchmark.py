@@ -134,6 +134,7 @@ def test_grouping_hop_costs_time_each_piece_of_one_search_space():
     costs = bench.hop_costs(64, 8, repeats=1)
     assert set(costs) == {
         "matmul_ms",
+        "native_chain_ms",
         "lazy_chain_ms",
         "lockstep_chain_ms",
         "chain_budget_ms",

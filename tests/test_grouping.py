@@ -1,11 +1,14 @@
 """GRIT grouping: a permutation, harder batches than random, deterministic, equal to the loop."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from vlp_jax.data import grouping
+from vlp_jax.data import grouping, native_chain
+
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 
 
 def _clustered(n: int, dim: int = 16, clusters: int = 8, seed: int = 0):
@@ -39,10 +42,11 @@ def test_grouped_order_is_a_deterministic_permutation():
     assert not np.array_equal(order, other)
 
 
-@pytest.mark.parametrize("strategy", ["lazy", "lockstep"])
+@pytest.mark.parametrize("strategy", ["native", "lazy", "lockstep"])
 # One call; several padded chunks on one thread; one space per call on three threads.
 @pytest.mark.parametrize("chunk_spaces,workers", [(64, 1), (3, 1), (1, 3)])
-@pytest.mark.parametrize("search_space", [32, 33, 80])  # lazy: 1 block; padded to 2; 3 blocks
+# In blocks of 32 (lazy, native): one; one and a ragged one (native) or padded (lazy); three.
+@pytest.mark.parametrize("search_space", [32, 33, 80])
 def test_grouped_order_equals_the_plain_loop(strategy, chunk_spaces, workers, search_space):
     v, t = _clustered(7 * search_space, seed=1)
     kwargs = dict(search_space=search_space, seed=5, chunk_spaces=chunk_spaces, workers=workers)
@@ -51,22 +55,25 @@ def test_grouped_order_equals_the_plain_loop(strategy, chunk_spaces, workers, se
     np.testing.assert_array_equal(fast, slow)
 
 
-def test_lazy_chain_breaks_ties_like_a_full_argmax():
+@pytest.mark.parametrize("strategy", ["native", "lazy"])
+def test_block_chains_break_ties_like_a_full_argmax(strategy):
     # Each pair four times: equal similarities within a block and across blocks (bitwise equal
     # in JAX's matmul; numpy's rounds the copies differently, so the numpy loop can't judge).
-    # The lazy chain must take the lowest unused index, as the lockstep chain's argmax does.
+    # The block chains must take the lowest unused index, as the lockstep chain's argmax does.
     v, t = _clustered(40, seed=2)
     v, t = np.tile(v, (4, 1)), np.tile(t, (4, 1))  # 160 pairs: blocks of 32 hold copies
     kwargs = dict(search_space=160, seed=1)
-    lazy = grouping.grouped_order(v, t, strategy="lazy", **kwargs)
+    blocks = grouping.grouped_order(v, t, strategy=strategy, **kwargs)
     lockstep = grouping.grouped_order(v, t, strategy="lockstep", **kwargs)
-    np.testing.assert_array_equal(lazy, lockstep)
+    np.testing.assert_array_equal(blocks, lockstep)
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the CPU default is then `lazy`")
 def test_default_strategy_chunks_and_workers_on_cpu():
-    assert grouping.default_strategy() == "lazy"  # the tests run on CPU
+    assert grouping.default_strategy() == "native"  # the tests run on CPU
     assert grouping.default_workers() == len(os.sched_getaffinity(0))
     assert grouping.default_chunk_spaces(1920) == grouping.LAZY_CHUNK_SPACES
+    assert grouping.default_chunk_spaces(1920, "lazy") == grouping.LAZY_CHUNK_SPACES
     # The lockstep chain on CPU keeps its chunk's similarity matrices in a 32 MB cache: two
     # 14.7 MB matrices for GRIT's M = 1,920; small spaces share one call.
     assert grouping.default_chunk_spaces(1920, "lockstep") == 2
@@ -74,6 +81,14 @@ def test_default_strategy_chunks_and_workers_on_cpu():
     assert grouping.default_chunk_spaces(64, "lockstep") == grouping.CPU_CACHE_BYTES // (
         4 * 64 * 64
     )
+
+
+def test_without_the_kernel_cpu_falls_back_to_lazy(monkeypatch):
+    monkeypatch.setattr(native_chain, "available", lambda: False)
+    assert grouping.default_strategy() == "lazy"
+    v, t = _clustered(64)
+    with pytest.raises(ValueError, match="strategy='native' needs .* a C\\+\\+ compiler"):
+        grouping.grouped_order(v, t, search_space=64, seed=0, strategy="native")
 
 
 def test_unknown_strategy_is_refused():

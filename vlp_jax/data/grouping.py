@@ -11,17 +11,21 @@ every pair once, alternating modalities:
 (GRIT's row-softmax with temperature τ > 0 does not change an argmax, so raw cosines are used.)
 Consecutive runs of the chain become batches, and the batches are shuffled.
 
-Two exact ways to run the chain (`strategy`; both give the reference loop's chains):
+Three exact ways to run the chain (`strategy`; all give the reference loop's chains):
 - `lockstep` (accelerators): all search spaces of a call advance together, each hop one masked
   argmax over a [spaces, M] block inside a jitted `lax.fori_loop`, so the chain costs M tiny
   steps for the whole call rather than per search space.
-- `lazy` (CPU): one search space at a time, with block maxima. Every row and column of the
+- `lazy` (CPU, pure JAX): one search space at a time, with block maxima. Every row and column of the
   similarity matrix is cut into blocks of `BLOCK`; one vectorised pass stores each block's
   maximum, ignoring which pairs are used. A hop scans the cursor's block maxima, refreshes the
   best block (its maximum over unused pairs, `BLOCK` reads) and stops when the best block is
   fresh: stale maxima only over-estimate, so that block holds the masked argmax (ties go to the
   lowest index, as with a full argmax). A hop reads a few blocks instead of a whole row or
   column (a strided one for text → image hops).
+- `native` (CPU, the default there): the same lazy chain as a C++ XLA FFI kernel after XLA's
+  matmul (`native_chain`), built on first use; without a C++ compiler, `lazy` is the default.
+  Inside a `while_loop` XLA:CPU dispatches every op of a hop separately, so `lazy` costs about
+  a matmul per search space; the kernel about a quarter of one.
 
 On CPU, chunks of search spaces go to `workers` threads (one per core): a chain is one core's
 serial loop, so while one thread chains, the others' matmuls have the remaining cores.
@@ -35,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlp_jax.data import native_chain
 
 
 @jax.jit
@@ -136,13 +142,24 @@ def _lazy_chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) ->
     return jax.lax.map(one_space, (image_emb, text_emb, start))
 
 
-CHAINS = {"lockstep": _lockstep_chains, "lazy": _lazy_chains}
+@jax.jit
+def _native_chains(image_emb: jax.Array, text_emb: jax.Array, start: jax.Array) -> jax.Array:
+    """image_emb, text_emb [S, M, d]; start [S] → chain [S, M]: XLA's matmul, then the C++
+    kernel (`native_chain`), one space after another."""
+    sims = jnp.einsum("smd,snd->smn", image_emb, text_emb, preferred_element_type=jnp.float32)
+    return native_chain.chains(sims, start)
+
+
+CHAINS = {"lockstep": _lockstep_chains, "lazy": _lazy_chains, "native": _native_chains}
 
 
 def default_strategy() -> str:
-    """`lazy` on CPU, where a hop's cost is the elements it reads; `lockstep` elsewhere, where
-    it is the kernel launches, whatever the width."""
-    return "lazy" if jax.default_backend() == "cpu" else "lockstep"
+    """On CPU `native` (the C++ kernel) when it builds, else `lazy`, where a hop's cost is the
+    elements it reads; `lockstep` elsewhere, where it is the kernel launches, whatever the
+    width."""
+    if jax.default_backend() != "cpu":
+        return "lockstep"
+    return "native" if native_chain.available() else "lazy"
 
 
 CPU_CACHE_BYTES = 32 << 20  # about one shared L3; the sizing below was measured on a 32 MB one
@@ -158,7 +175,7 @@ def default_chunk_spaces(search_space: int, strategy: str | None = None) -> int:
     read from cache; elsewhere 64: on a GPU each hop costs a few kernel launches whatever the
     width, so wide chunks pay.
     """
-    if (strategy or default_strategy()) == "lazy":
+    if (strategy or default_strategy()) in ("lazy", "native"):
         return LAZY_CHUNK_SPACES
     if jax.default_backend() == "cpu":
         return max(1, CPU_CACHE_BYTES // (4 * search_space * search_space))
@@ -220,6 +237,11 @@ def grouped_order(
     strategy = strategy or default_strategy()
     if strategy not in CHAINS:
         raise ValueError(f"strategy={strategy!r}; choose from {sorted(CHAINS)}")
+    if strategy == "native" and not (jax.default_backend() == "cpu" and native_chain.available()):
+        raise ValueError(
+            "strategy='native' needs the CPU backend and a C++ compiler (see the log for why "
+            "the kernel did not build); use 'lazy'"
+        )
     if chunk_spaces is None:
         chunk_spaces = default_chunk_spaces(search_space, strategy)
     if chunk_spaces < 1:

@@ -1,0 +1,78 @@
+"""The C++ chain kernel: built once per machine and CPU, refuses bad input, falls back cleanly.
+
+Its chains are checked against the plain loop in test_grouping.py (strategy `native`).
+"""
+
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlp_jax.data import native_chain
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler"
+)
+
+
+def test_kernel_builds_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLP_JAX_CACHE_DIR", str(tmp_path))
+    first = native_chain.build()
+    assert first.parent == tmp_path and first.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left
+    stamp = first.stat().st_mtime_ns
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(native_chain.subprocess, "run", no_compile)
+    monkeypatch.setattr(native_chain, "library_path", lambda compiler=None: first)
+    assert native_chain.build() == first and first.stat().st_mtime_ns == stamp
+
+
+def test_cache_name_changes_with_the_cpu(monkeypatch):
+    # -march=native code must not be loaded on a CPU that lacks its instructions.
+    here = native_chain.library_path()
+    monkeypatch.setattr(native_chain, "_cpu_fingerprint", lambda: "model name : other")
+    assert native_chain.library_path() != here
+
+
+def test_missing_or_failing_compiler_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLP_JAX_CACHE_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler 'no-such-c\\+\\+'"):
+        native_chain.build("no-such-c++")
+    with pytest.raises(RuntimeError, match="false .* failed"):
+        native_chain.build("false")
+    assert list(tmp_path.iterdir()) == []  # the failed build left nothing behind
+
+
+def test_unavailable_kernel_logs_why(monkeypatch, caplog):
+    def no_compiler(compiler=None):
+        raise RuntimeError("no C++ compiler 'c++' on PATH")
+
+    monkeypatch.setattr(native_chain, "build", no_compiler)
+    with caplog.at_level(logging.WARNING, logger=native_chain.__name__):
+        assert native_chain._build_and_register.__wrapped__() is False
+    assert "pure-JAX chain: no C++ compiler 'c++'" in caplog.text
+
+
+def test_kernel_refuses_a_start_outside_the_space():
+    assert native_chain.available()
+    sims = jnp.zeros((2, 8, 8), jnp.float32)
+    chains = jax.jit(native_chain.chains)
+    np.testing.assert_array_equal(chains(sims, jnp.array([0, 7], jnp.int32))[:, 0], [0, 7])
+    with pytest.raises(Exception, match=r"outside \[0, M\)"):
+        chains(sims, jnp.array([0, 8], jnp.int32)).block_until_ready()
+
+
+def test_kernel_keeps_a_permutation_on_non_finite_similarities():
+    assert native_chain.available()
+    sims = np.full((2, 40, 40), np.nan, np.float32)
+    sims[1, :, ::2] = -np.inf
+    chains = np.asarray(jax.jit(native_chain.chains)(sims, jnp.array([3, 0], jnp.int32)))
+    for chain in chains:
+        assert sorted(chain.tolist()) == list(range(40))
