@@ -130,6 +130,13 @@ def test_grouped_order_refuses_non_finite_embeddings():
         grouping.grouped_order(v, t, search_space=32, seed=0)
 
 
+def test_grouped_order_refuses_non_finite_embeddings_in_any_chunk_and_thread():
+    v, t = _clustered(128)
+    t[100, 0] = np.inf
+    with pytest.raises(ValueError, match=r"text_emb has 1 rows with NaN or inf \(first: row 100\)"):
+        grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1, workers=2)
+
+
 def test_grouped_order_names_bad_sizes():
     v, t = _clustered(100)
     with pytest.raises(ValueError, match="not a multiple of search_space=64"):

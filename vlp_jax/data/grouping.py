@@ -192,6 +192,18 @@ def default_workers() -> int:
     return len(cores) if cores else os.cpu_count() or 1
 
 
+def _refuse_non_finite(**arrays: np.ndarray) -> None:
+    """Raise naming the first array with NaN or inf rows: the chain's additive −inf mask needs
+    finite similarities (NaN + −inf is NaN, and an argmax over NaN could revisit a used pair)."""
+    for name, x in arrays.items():
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{name} has {int(bad.sum())} rows with NaN or inf (first: row "
+                f"{int(np.argmax(bad))}); grouping needs finite, L2-normalised embeddings"
+            )
+
+
 def grouped_order(
     image_emb: np.ndarray | jax.Array,
     text_emb: np.ndarray | jax.Array,
@@ -221,15 +233,6 @@ def grouped_order(
         raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} differ")
     if n % search_space:
         raise ValueError(f"{n} pairs are not a multiple of search_space={search_space}")
-    for name, x in (("image_emb", image_emb), ("text_emb", text_emb)):
-        # The chain's additive −inf mask needs finite similarities (NaN + −inf is NaN, and an
-        # argmax over NaN could revisit a used pair).
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"{name} has {int(bad.sum())} rows with NaN or inf (first: row "
-                f"{int(np.argmax(bad))}); grouping needs finite, L2-normalised embeddings"
-            )
     if group_size is not None and search_space % group_size:
         raise ValueError(
             f"search_space={search_space} is not a multiple of group_size={group_size}"
@@ -263,10 +266,15 @@ def grouped_order(
         take = shuffled[lo * search_space : hi * search_space]
         idx = np.resize(take, width * search_space)
         shape = (width, search_space, dim)
+        images, texts = image_emb[idx].reshape(shape), text_emb[idx].reshape(shape)
+        # Checked here, a chunk at a time in the workers while it is in cache: checking the
+        # whole input up front was a serial pass, 3–4% of the time for 48,000 pairs on CPU.
+        if not (np.isfinite(images).all() and np.isfinite(texts).all()):
+            _refuse_non_finite(image_emb=image_emb, text_emb=text_emb)
         chain = chain_fn(
-            image_emb[idx].reshape(shape),
-            text_emb[idx].reshape(shape),
-            jnp.asarray(np.resize(starts[lo:hi], width), jnp.int32),
+            images,
+            texts,
+            np.resize(starts[lo:hi], width).astype(np.int32),
         )
         chain = np.asarray(chain)[: hi - lo]
         offsets = (np.arange(hi - lo) * search_space)[:, None]
