@@ -137,6 +137,14 @@ def test_grouped_order_refuses_non_finite_embeddings_in_any_chunk_and_thread():
         grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1, workers=2)
 
 
+def test_grouped_order_accepts_finite_embeddings_whose_sum_overflows():
+    # The per-chunk check is a sum; an overflow there must not be taken for NaN or inf.
+    v, t = _clustered(64)
+    v[:, 0] = 3e38  # finite, but any two rows sum to inf
+    order = grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1)
+    np.testing.assert_array_equal(np.sort(order), np.arange(64))
+
+
 def test_grouped_order_names_bad_sizes():
     v, t = _clustered(100)
     with pytest.raises(ValueError, match="not a multiple of search_space=64"):

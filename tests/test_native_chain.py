@@ -3,8 +3,10 @@
 Its chains are checked against the plain loop in test_grouping.py (strategy `native`).
 """
 
+import ctypes
 import logging
 import os
+import platform
 import shutil
 
 import jax
@@ -30,7 +32,7 @@ def test_kernel_builds_once_into_the_cache(monkeypatch, tmp_path):
         raise AssertionError("compiled again")
 
     monkeypatch.setattr(native_chain.subprocess, "run", no_compile)
-    monkeypatch.setattr(native_chain, "library_path", lambda compiler=None: first)
+    monkeypatch.setattr(native_chain, "library_path", lambda compiler=None, extra_flags=(): first)
     assert native_chain.build() == first and first.stat().st_mtime_ns == stamp
 
 
@@ -76,3 +78,44 @@ def test_kernel_keeps_a_permutation_on_non_finite_similarities():
     chains = np.asarray(jax.jit(native_chain.chains)(sims, jnp.array([3, 0], jnp.int32)))
     for chain in chains:
         assert sorted(chain.tolist()) == list(range(40))
+
+
+def _plain_chain(sims: np.ndarray, start: int) -> list[int]:
+    """The chain by full masked argmaxes over one matrix (ties to the lowest index)."""
+    used = np.zeros(len(sims), bool)
+    chain = [start]
+    used[start] = True
+    for n in range(1, len(sims)):
+        scores = sims[chain[-1]] if n % 2 else sims[:, chain[-1]]
+        chain.append(int(np.argmax(np.where(used, -np.inf, scores))))
+        used[chain[-1]] = True
+    return chain
+
+
+@pytest.fixture(scope="module")
+def portable_chains():
+    """The kernel built without AVX-512 (its portable code path), under its own FFI name."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the default build already is the portable one here")
+    library = ctypes.CDLL(str(native_chain.build(extra_flags=("-mno-avx512f",))))
+    name = "vlp_jax_grit_chain_portable"
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(library.VlpJaxGritChain), platform="cpu")
+
+    def chains(sims, start):
+        out = jax.ShapeDtypeStruct((sims.shape[0], sims.shape[1]), jnp.int32)
+        return jax.ffi.ffi_call(name, out)(sims, start)
+
+    return jax.jit(chains)
+
+
+# 16 whole blocks; 17 and a ragged one (vector code handles 16 blocks at a time).
+@pytest.mark.parametrize("m", [512, 552])
+def test_kernel_equals_full_argmaxes_with_ties_in_both_code_paths(m, portable_chains):
+    assert native_chain.available()
+    rng = np.random.default_rng(m)
+    # Similarities on a grid of 1/4: many exact ties within and across blocks.
+    sims = np.round(rng.normal(size=(2, m, m)) * 4).astype(np.float32) / 4
+    start = np.array([0, m - 1], np.int32)
+    expected = [_plain_chain(s, int(c)) for s, c in zip(sims, start)]
+    for chains in (jax.jit(native_chain.chains), portable_chains):
+        np.testing.assert_array_equal(chains(sims, start), expected)

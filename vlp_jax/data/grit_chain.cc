@@ -15,9 +15,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -39,6 +45,102 @@ inline float LaneMax(const float* x, int64_t n) {
   return *std::max_element(lane, lane + kLanes);
 }
 
+// Three primitives, with AVX-512 forms where the CPU has it (the scalar forms' horizontal
+// maxima, one lane at a time, were a third of the pass and of each hop) and portable ones
+// otherwise. Both give the same results on finite input.
+#if defined(__AVX512F__)
+static_assert(kBlock == 2 * kLanes, "the AVX-512 forms read a block as two vectors");
+
+// r[i] = the maximum over the lanes of a[i]: four rounds of shuffles and maxima for all 16 at
+// once, where 16 separate horizontal maxima would take four rounds each.
+inline __m512 HorizontalMax16(const __m512 a[16]) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i) {  // each 128-bit lane holds a, b, a, b
+    b[i] = _mm512_max_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                         _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {  // each 128-bit lane holds a, b, c, d
+    c[i] = _mm512_max_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int i = 0; i < 2; ++i) {  // 128-bit lanes abcd, abcd, efgh, efgh
+    d[i] = _mm512_max_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_max_ps(_mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// maxima[b] = the maximum of row[kBlock b, kBlock (b + 1)), for b < blocks.
+inline void RowBlockMaxima(const float* row, int64_t blocks, float* maxima) {
+  int64_t b = 0;
+  for (; b + 16 <= blocks; b += 16) {
+    __m512 a[16];
+    for (int i = 0; i < 16; ++i) {
+      const float* x = row + (b + i) * kBlock;
+      a[i] = _mm512_max_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + kLanes));
+    }
+    _mm512_storeu_ps(maxima + b, HorizontalMax16(a));
+  }
+  for (; b < blocks; ++b) {
+    const float* x = row + b * kBlock;
+    maxima[b] = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + kLanes)));
+  }
+}
+
+// The maximum of x[0, n) and its lowest index (n when it is NaN), n a multiple of kLanes.
+inline std::pair<float, int64_t> ArgMax(const float* x, int64_t n) {
+  __m512 m = _mm512_loadu_ps(x);
+  for (int64_t i = kLanes; i < n; i += kLanes) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+  const float top = _mm512_reduce_max_ps(m);
+  const __m512 t = _mm512_set1_ps(top);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), t, _CMP_EQ_OQ);
+    if (hit) return {top, i + __builtin_ctz(hit)};
+  }
+  return {top, n};
+}
+
+// The maximum of x + mask over a block, NaN never chosen, and its lowest index; (-inf, -1)
+// when no entry beats -inf.
+inline std::pair<float, int64_t> BlockArgMax(const float* x, const float* mask) {
+  const __m512 used = _mm512_set1_ps(kUsed);
+  __m512 v[2];
+  for (int i = 0; i < 2; ++i) {
+    v[i] = _mm512_add_ps(_mm512_loadu_ps(x + i * kLanes), _mm512_loadu_ps(mask + i * kLanes));
+    v[i] = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v[i], v[i], _CMP_ORD_Q), used, v[i]);
+  }
+  const float best = _mm512_reduce_max_ps(_mm512_max_ps(v[0], v[1]));
+  if (!(best > kUsed)) return {kUsed, -1};
+  const __m512 t = _mm512_set1_ps(best);
+  const __mmask16 first = _mm512_cmp_ps_mask(v[0], t, _CMP_EQ_OQ);
+  if (first) return {best, __builtin_ctz(first)};
+  return {best, kLanes + __builtin_ctz(_mm512_cmp_ps_mask(v[1], t, _CMP_EQ_OQ))};
+}
+#else
+inline void RowBlockMaxima(const float* row, int64_t blocks, float* maxima) {
+  for (int64_t b = 0; b < blocks; ++b) maxima[b] = LaneMax(row + b * kBlock, kBlock);
+}
+
+inline std::pair<float, int64_t> ArgMax(const float* x, int64_t n) {
+  const float top = LaneMax(x, n);
+  return {top, std::find(x, x + n, top) - x};
+}
+
+inline std::pair<float, int64_t> BlockArgMax(const float* x, const float* mask) {
+  int64_t best_j = -1;
+  float best = kUsed;
+  for (int64_t j = 0; j < kBlock; ++j) {
+    const float v = x[j] + mask[j];
+    if (v > best) {
+      best = v;
+      best_j = j;
+    }
+  }
+  return {best, best_j};
+}
+#endif
+
 class Chain {
  public:
   explicit Chain(int64_t m)
@@ -48,24 +150,44 @@ class Chain {
         row_max_(m * stride_, kUsed),
         column_max_(m * stride_, kUsed),
         scratch_(blocks_ * m),
-        mask_(m) {}
+        mask_(blocks_ * kBlock, kUsed) {}
 
   // sims [m, m] row-major; writes the chain's m positions to order.
   void Run(const float* sims, int64_t start, int32_t* order) {
     StoreBlockMaxima(sims);
-    std::fill(mask_.begin(), mask_.end(), 0.0f);
+    std::fill(mask_.begin(), mask_.begin() + m_, 0.0f);  // the padding stays used
     int64_t cur = start;
     mask_[cur] = kUsed;
     order[0] = static_cast<int32_t>(cur);
-    for (int64_t n = 1; n < m_; ++n) {
+    const int64_t m = m_;
+    for (int64_t n = 1; n < m; ++n) {
       if (n % 2) {  // image -> text: the cursor's row
-        const float* row = sims + cur * m_;
-        cur = LazyHop(row_max_.data() + cur * stride_, [row](int64_t j) { return row[j]; });
+        const float* row = sims + cur * m;
+        cur = LazyHop(
+            row_max_.data() + cur * stride_,
+            [row](int64_t j, int64_t count, float* out) {
+              if (count == kBlock) std::memcpy(out, row + j, kBlock * sizeof(float));
+              else std::copy(row + j, row + j + count, out);
+            },
+            [row](int64_t j) {
+              __builtin_prefetch(row + j);
+              __builtin_prefetch(row + j + kBlock - 1);
+            });
       } else {  // text -> image: the cursor's column
         const float* column = sims + cur;
-        const int64_t m = m_;
-        cur = LazyHop(column_max_.data() + cur * stride_,
-                      [column, m](int64_t j) { return column[j * m]; });
+        cur = LazyHop(
+            column_max_.data() + cur * stride_,
+            [column, m](int64_t j, int64_t count, float* out) {
+              if (count == kBlock) {
+                for (int64_t i = 0; i < kBlock; ++i) out[i] = column[(j + i) * m];
+              } else {
+                for (int64_t i = 0; i < count; ++i) out[i] = column[(j + i) * m];
+              }
+            },
+            [column, m](int64_t j) {
+              const int64_t end = std::min(m, j + kBlock);
+              for (; j < end; ++j) __builtin_prefetch(column + j * m);
+            });
       }
       mask_[cur] = kUsed;
       order[n] = static_cast<int32_t>(cur);
@@ -75,46 +197,56 @@ class Chain {
  private:
   // row_max_[r * stride_ + b], column_max_[c * stride_ + b]: the maximum of row r (column c)
   // over block b, in one pass over the rows. Column maxima accumulate block-major in scratch_
-  // (contiguous, so it vectorises) and are then transposed, so a hop reads one short run.
+  // (contiguous, so it vectorises) and are then transposed a few columns at a time, so that the
+  // columns being written stay in L1; a hop then reads one short run.
   void StoreBlockMaxima(const float* sims) {
-    std::fill(scratch_.begin(), scratch_.end(), kUsed);
     const int64_t full = m_ / kBlock;
     for (int64_t r = 0; r < m_; ++r) {
       const float* row = sims + r * m_;
       float* acc = scratch_.data() + (r / kBlock) * m_;
-      for (int64_t c = 0; c < m_; ++c) acc[c] = Max(acc[c], row[c]);
+      if (r % kBlock == 0) {
+        std::memcpy(acc, row, m_ * sizeof(float));
+      } else {
+        for (int64_t c = 0; c < m_; ++c) acc[c] = Max(acc[c], row[c]);
+      }
       float* maxima = row_max_.data() + r * stride_;
-      for (int64_t b = 0; b < full; ++b) maxima[b] = LaneMax(row + b * kBlock, kBlock);
+      RowBlockMaxima(row, full, maxima);
       if (full < blocks_) maxima[full] = *std::max_element(row + full * kBlock, row + m_);
     }
-    for (int64_t b = 0; b < blocks_; ++b) {
-      for (int64_t c = 0; c < m_; ++c) column_max_[c * stride_ + b] = scratch_[b * m_ + c];
+    constexpr int64_t kColumns = 16;
+    for (int64_t c0 = 0; c0 < m_; c0 += kColumns) {
+      const int64_t c1 = std::min(m_, c0 + kColumns);
+      for (int64_t b = 0; b < blocks_; ++b) {
+        const float* from = scratch_.data() + b * m_;
+        for (int64_t c = c0; c < c1; ++c) column_max_[c * stride_ + b] = from[c];
+      }
     }
   }
 
   // The best block by its stored maximum, re-read over unused pairs until it is fresh. A row or
   // column is a cursor once, so its maxima are refreshed in place. Ties go to the lowest index.
-  template <typename Read>
-  int64_t LazyHop(float* maxima, Read read) {
+  // load(j, count, out) copies the cursor's entries j .. j + count - 1; prefetch(j) starts
+  // fetching the block at j.
+  template <typename Load, typename Prefetch>
+  int64_t LazyHop(float* maxima, Load load, Prefetch prefetch) {
     for (;;) {
-      const float top = LaneMax(maxima, stride_);
-      if (!(top > kUsed)) {
+      const auto [top, b] = ArgMax(maxima, stride_);
+      if (!(top > kUsed) || b == stride_) {
         // No comparable similarity left (NaN, or every unused one -inf): the lowest unused
         // index, so that the chain stays a permutation and the loop ends.
-        return std::find(mask_.begin(), mask_.end(), 0.0f) - mask_.begin();
+        return std::find(mask_.begin(), mask_.begin() + m_, 0.0f) - mask_.begin();
       }
-      const int64_t b = std::find(maxima, maxima + stride_, top) - maxima;
-      const int64_t end = std::min(m_, (b + 1) * kBlock);
-      int64_t best_j = -1;
-      float best = kUsed;
-      for (int64_t j = b * kBlock; j < end; ++j) {
-        const float v = read(j) + mask_[j];
-        if (v > best) {
-          best = v;
-          best_j = j;
-        }
-      }
-      if (best_j >= 0 && best == top) return best_j;
+      // A hop's time is mostly these dependent reads of a matrix that has left the cache. If
+      // this block is stale, the runner-up is most often read next: start fetching it now.
+      maxima[b] = kUsed;
+      const auto [second, next] = ArgMax(maxima, stride_);
+      if (second > kUsed && next < stride_) prefetch(next * kBlock);
+      float block[kBlock];
+      const int64_t count = std::min(kBlock, m_ - b * kBlock);
+      if (count < kBlock) std::fill(block + count, block + kBlock, 0.0f);  // masked as used
+      load(b * kBlock, count, block);
+      const auto [best, j] = BlockArgMax(block, mask_.data() + b * kBlock);
+      if (j >= 0 && best == top) return b * kBlock + j;
       maxima[b] = best;
     }
   }
