@@ -123,25 +123,34 @@ def test_grouped_batches_have_harder_negatives_than_random():
     assert grouped > baseline + 0.1, (grouped, baseline)
 
 
-def test_grouped_order_refuses_non_finite_embeddings():
+# `native` gathers and checks rows in C++; `lazy` with np.take and a sum.
+HOST_PATHS = ["lazy"] + (["native"] if HAS_COMPILER else [])
+
+
+@pytest.mark.parametrize("strategy", HOST_PATHS)
+def test_grouped_order_refuses_non_finite_embeddings(strategy):
     v, t = _clustered(64)
     v[17, 3] = np.nan
     with pytest.raises(ValueError, match=r"image_emb has 1 rows with NaN or inf \(first: row 17\)"):
-        grouping.grouped_order(v, t, search_space=32, seed=0)
+        grouping.grouped_order(v, t, search_space=32, seed=0, strategy=strategy)
 
 
-def test_grouped_order_refuses_non_finite_embeddings_in_any_chunk_and_thread():
+@pytest.mark.parametrize("strategy", HOST_PATHS)
+def test_grouped_order_refuses_non_finite_embeddings_in_any_chunk_and_thread(strategy):
     v, t = _clustered(128)
     t[100, 0] = np.inf
     with pytest.raises(ValueError, match=r"text_emb has 1 rows with NaN or inf \(first: row 100\)"):
-        grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1, workers=2)
+        grouping.grouped_order(
+            v, t, search_space=32, seed=0, chunk_spaces=1, workers=2, strategy=strategy
+        )
 
 
-def test_grouped_order_accepts_finite_embeddings_whose_sum_overflows():
-    # The per-chunk check is a sum; an overflow there must not be taken for NaN or inf.
+@pytest.mark.parametrize("strategy", HOST_PATHS)
+def test_grouped_order_accepts_finite_embeddings_whose_sum_overflows(strategy):
+    # A check by a sum must not take an overflow for NaN or inf.
     v, t = _clustered(64)
     v[:, 0] = 3e38  # finite, but any two rows sum to inf
-    order = grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1)
+    order = grouping.grouped_order(v, t, search_space=32, seed=0, chunk_spaces=1, strategy=strategy)
     np.testing.assert_array_equal(np.sort(order), np.arange(64))
 
 

@@ -58,7 +58,7 @@ def test_unavailable_kernel_logs_why(monkeypatch, caplog):
 
     monkeypatch.setattr(native_chain, "build", no_compiler)
     with caplog.at_level(logging.WARNING, logger=native_chain.__name__):
-        assert native_chain._build_and_register.__wrapped__() is False
+        assert native_chain._build_and_register.__wrapped__() is None
     assert "pure-JAX chain: no C++ compiler 'c++'" in caplog.text
 
 
@@ -119,3 +119,31 @@ def test_kernel_equals_full_argmaxes_with_ties_in_both_code_paths(m, portable_ch
     expected = [_plain_chain(s, int(c)) for s, c in zip(sims, start)]
     for chains in (jax.jit(native_chain.chains), portable_chains):
         np.testing.assert_array_equal(chains(sims, start), expected)
+
+
+@pytest.mark.parametrize("dim", [256, 20])  # whole vectors of 16 and a tail
+def test_gather_rows_equals_take_and_flags_any_non_finite_value(dim):
+    assert native_chain.available()
+    x = np.random.default_rng(0).normal(size=(300, dim)).astype(np.float32)
+    x[7, 0] = 3e38  # finite values whose sum overflows
+    index = np.random.default_rng(1).permutation(300)[:97]
+    rows, finite = native_chain.gather_rows(x, index)
+    np.testing.assert_array_equal(rows, x[index])
+    assert finite
+    for bad in (np.nan, np.inf, -np.inf):
+        for column in (0, dim - 1):
+            y = x.copy()
+            y[index[50], column] = bad
+            assert not native_chain.gather_rows(y, index)[1], (bad, column)
+            assert native_chain.gather_rows(y, np.delete(index, 50))[1]  # the row not taken
+
+
+def test_gather_rows_refuses_bad_indices_and_layouts():
+    assert native_chain.available()
+    x = np.zeros((10, 16), np.float32)
+    with pytest.raises(IndexError, match=r"outside \[0, 10\)"):
+        native_chain.gather_rows(x, np.array([0, 10]))
+    with pytest.raises(IndexError, match=r"outside \[0, 10\)"):
+        native_chain.gather_rows(x, np.array([-1]))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        native_chain.gather_rows(np.zeros((16, 10), np.float32).T, np.array([0]))
