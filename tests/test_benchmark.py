@@ -126,6 +126,15 @@ def test_grouping_benchmark_times_every_loop_at_equal_quality():
     assert row["matmul_floor_seconds"] == min(
         row[f"matmul_floor_{form}_seconds"] for form in ("batched", "per_space", "threaded")
     )
+    # Every round's times are kept, and each round's ratio is to the fastest floor form of
+    # that same round.
+    rounds = row["round_seconds"]
+    assert all(len(times) == 2 for times in rounds.values())
+    assert row["jax_seconds"] == pytest.approx(sum(rounds["jax"]) / 2)  # the median of two
+    forms = ("batched", "per_space", "threaded")
+    assert row["ratio_to_matmul_floor_per_round"] == pytest.approx(
+        [rounds["jax"][i] / min(rounds[f"matmul_floor_{f}"][i] for f in forms) for i in range(2)]
+    )
 
 
 def test_grouping_hop_costs_time_each_piece_of_one_search_space():

@@ -222,10 +222,8 @@ def median_seconds(fn: Any, repeats: int) -> float:
     return interleaved_median_seconds({"fn": fn}, repeats)["fn"]
 
 
-def interleaved_median_seconds(
-    runs: dict[str, Callable[[], Any]], repeats: int
-) -> dict[str, float]:
-    """Median wall time of each of `runs` over `repeats` rounds, each round calling every one
+def interleaved_seconds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall time of each of `runs` in each of `repeats` rounds, each round calling every one
     once in turn, so that a machine's drift in speed (minutes long on a shared VM) weighs on all
     of them alike and their ratios stay fair."""
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -234,7 +232,14 @@ def interleaved_median_seconds(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
+
+
+def interleaved_median_seconds(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, float]:
+    """Median over rounds of `interleaved_seconds`."""
+    return {name: float(np.median(t)) for name, t in interleaved_seconds(runs, repeats).items()}
 
 
 def measure(
@@ -286,8 +291,15 @@ def measure(
     for form, kwargs in floors.items():
         runs[f"matmul_floor_{form}"] = matmul_floor_runner(v, t, search_space, **kwargs)
     # Rounds of all of them in turn: the ratios compare timings taken side by side.
-    seconds = interleaved_median_seconds(runs, repeats)
+    rounds = interleaved_seconds(runs, repeats)
+    seconds = {name: float(np.median(t)) for name, t in rounds.items()}
     fast = seconds["jax"]
+    # Each round's own ratio (to the fastest floor form of that round) shows how far the
+    # machine's noise moves the ratio of the medians.
+    per_round = [
+        jax_time / min(rounds[f"matmul_floor_{form}"][i] for form in floors)
+        for i, jax_time in enumerate(rounds["jax"])
+    ]
     row: dict[str, Any] = {
         "pairs": n,
         "dim": dim,
@@ -299,6 +311,8 @@ def measure(
         "repeats": repeats,
         "jax_first_call_seconds": first,
         **{f"{name}_seconds": value for name, value in seconds.items()},
+        "round_seconds": rounds,
+        "ratio_to_matmul_floor_per_round": per_round,
         "hardest_negative_sim_grouped": hardest_negative_similarity(v, t, order, batch),
         "hardest_negative_sim_random": hardest_negative_similarity(
             v, t, np.random.default_rng(0).permutation(n), batch
@@ -344,6 +358,7 @@ def main(argv: list[str]) -> None:
         row["device"] = device
         rows.append(row)
         ran = [x for x in loops if f"{x}_loop_seconds" in row]
+        per_round = row["ratio_to_matmul_floor_per_round"]
         print(
             f"N={n:>9,} jax ({row['strategy']}, {row['workers']} threads) "
             f"{row['jax_seconds']:7.3f} s"
@@ -353,7 +368,9 @@ def main(argv: list[str]) -> None:
                 else ""
             )
             + " | matmul floor "
-            f"{row['matmul_floor_seconds']:6.3f} s (×{row['ratio_to_matmul_floor']:.2f}) | "
+            f"{row['matmul_floor_seconds']:6.3f} s (×{row['ratio_to_matmul_floor']:.2f}; "
+            f"per round median ×{np.median(per_round):.2f}, "
+            f"{min(per_round):.2f}–{max(per_round):.2f}) | "
             + "".join(
                 f"{x} loop {row[f'{x}_loop_seconds']:7.2f} s "
                 f"(jax ×{row[f'speedup_vs_{x}_loop']:.1f} faster) | "
