@@ -24,7 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.size == "base":
         c.batch_size = 512
         c.total_steps = 305_000
-        config_lib.use_base_towers(c, "albef", image_size=256, max_len=30)
+        # ALBEF's pre-training pads captions to 25 tokens (30 is its retrieval fine-tuning's) and
+        # does not clip gradients.
+        config_lib.use_base_towers(c, "albef", image_size=256, max_len=25)
+        c.optimizer.grad_clip_norm = 0.0
         c.momentum.update(enabled=True, queue_size=65_536, alpha=0.4, alpha_ramp_steps=10_000)
         return c
     if args.size != "tiny":

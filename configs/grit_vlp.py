@@ -4,8 +4,10 @@
 
 GRIT-VLP (Byun et al., NeurIPS 2022): ALBEF without the momentum model, plus
   - grouped mini-batches: from the second epoch on, each batch is a run of GRIT's greedy
-    image → text → image chain over the previous epoch's ITC embeddings (search space 1,920),
-    so in-batch negatives are hard (`vlp_jax/grit.py`, `vlp_jax/data/grouping.py`);
+    image → text → image chain over the previous epoch's ITC embeddings, so in-batch negatives
+    are hard (`vlp_jax/grit.py`, `vlp_jax/data/grouping.py`). The paper searches 1,920 pairs per
+    GPU; `base` groups globally, so its search space is 4 × 1,920 = 7,680 over the global batch
+    of 512 (1,920 is not a multiple of 512); `demo` uses 1,920 with batch 64;
   - ITM with the hardest (argmax) in-batch negative, mined over the global batch, never a pair
     that shares the image;
   - ITC + 0.2 · ITC consistency (`vlp_jax.losses.itc_consistency`);

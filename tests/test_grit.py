@@ -46,6 +46,57 @@ def test_sampler_state_round_trips_and_orders_are_deterministic():
     np.testing.assert_array_equal(a.next_order(), b.next_order())
 
 
+def test_warm_start_groups_epoch_zero_by_saved_embeddings(tmp_path):
+    earlier = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=0)
+    _collect_epoch(earlier, np.random.default_rng(0))  # 64 of the 70 examples
+    path = str(tmp_path / "emb.npz")
+    grit.save_embeddings(path, *earlier.collected())
+    orders = []
+    for _ in range(2):
+        sampler = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=5)
+        sampler.warm_start(*grit.load_embeddings(path, 70))
+        orders.append(sampler.order)
+    np.testing.assert_array_equal(orders[0], orders[1])  # deterministic for a seed
+    assert sorted(orders[0]) == list(range(70))  # the 6 unsaved examples fill random batches
+
+    def clusters_per_batch(order: np.ndarray) -> float:
+        return np.mean([len(set(b)) for b in order[:64].reshape(-1, 8) % 4])
+
+    assert clusters_per_batch(orders[0]) <= 2  # chains step between clusters now and then
+    cold = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=5).order
+    assert clusters_per_batch(cold) >= 3  # random: 3.6 on average
+    # The process scope (one real process here) groups the saved rows into its own groups.
+    own = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=5, scope="process")
+    own.warm_start(*grit.load_embeddings(path, 70))
+    assert sorted(own.order) == list(range(70)) and clusters_per_batch(own.order) <= 2
+    own.advance()  # then trains on as usual: nothing collected yet, so a random epoch 1
+    assert sorted(own.order) == list(range(70))
+
+
+def test_warm_start_files_are_checked_and_errors_name_the_fault(tmp_path):
+    index, v = np.arange(4), np.eye(4, dtype=np.float32)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        grit.load_embeddings(str(tmp_path / "none*.npz"), 10)
+    np.savez(tmp_path / "keys.npz", index=index, image_emb=v)
+    with pytest.raises(ValueError, match=r"keys.npz has no \['text_emb'\]"):
+        grit.load_embeddings(str(tmp_path / "keys.npz"), 10)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz is not a readable .npz"):
+        grit.load_embeddings(str(tmp_path / "junk.npz"), 10)
+    grit.save_embeddings(str(tmp_path / "a.npz"), index + 7, v, v)
+    with pytest.raises(ValueError, match=r"a.npz: 'index'\[3\] = 10 is outside the 10"):
+        grit.load_embeddings(str(tmp_path / "a.npz"), 10)
+    grit.save_embeddings(str(tmp_path / "b.npz"), index + 5, v, v)  # 7 and 8 are in a.npz too
+    with pytest.raises(ValueError, match="example 7 appears 2 times"):
+        grit.load_embeddings(str(tmp_path / "[ab].npz"), 11)
+    grit.save_embeddings(str(tmp_path / "c.npz"), index, v, v[:3])
+    with pytest.raises(ValueError, match="must both be"):
+        grit.load_embeddings(str(tmp_path / "c.npz"), 10)
+    grit.save_embeddings(str(tmp_path / "d.npz"), index, v, v)
+    index_all, v_all, _ = grit.load_embeddings(str(tmp_path / "[ad].npz"), 12)  # a glob
+    assert list(index_all) == [7, 8, 9, 10, 0, 1, 2, 3] and v_all.shape == (8, 4)
+
+
 def test_search_space_must_split_into_batches():
     with pytest.raises(ValueError, match="search_space=30 must be a multiple"):
         grit.GritSampler(num_examples=64, batch_size=8, search_space=30, seed=0)
@@ -72,7 +123,9 @@ def test_resumed_grit_run_replays_the_same_batches(tmp_path, monkeypatch):
     config = load_config("grit_vlp", "tiny")  # 3 steps per epoch, 8 steps
     current = ["whole"]
     seen["whole"] = []
+    config.grit.save_embeddings = True
     train.train_and_evaluate(config, str(tmp_path / "whole"))
+    config.grit.save_embeddings = False
     current[0] = "resumed"
     seen["resumed"] = []
     train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=4)  # mid-epoch 1
@@ -84,6 +137,20 @@ def test_resumed_grit_run_replays_the_same_batches(tmp_path, monkeypatch):
     assert sorted(whole[3:6].ravel()) == list(range(48))
     assert not np.array_equal(whole[3:6], whole[0:3])
     assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "4" / "sampler")
+
+    # `save_embeddings` wrote epoch 1's pairs (the last whole epoch) as it ended, and a run
+    # warm-started from them groups its epoch 0 by them.
+    saved = str(tmp_path / "whole" / "grit_embeddings.npz")
+    index, v, t = grit.load_embeddings(saved, 48)
+    assert sorted(index) == list(range(48)) and v.shape == t.shape == (48, config.model.embed_dim)
+    current[0] = "warm"
+    seen["warm"] = []
+    config.grit.warm_start = saved
+    train.train_and_evaluate(config, str(tmp_path / "warm"), stop_at_step=3)
+    expected = grit.GritSampler(48, 16, config.grit.search_space, config.seed)
+    expected.warm_start(index, v, t)
+    np.testing.assert_array_equal(np.stack(seen["warm"]), expected.order.reshape(3, 16))
+    assert not np.array_equal(expected.order, np.concatenate(seen["whole"][:3]))
 
 
 def test_two_processes_group_like_one(tmp_path):

@@ -263,8 +263,17 @@ def base_config() -> ml_collections.ConfigDict:
     # refresh_every_steps: 0 regroups every epoch (the paper), K > 0 every K steps.
     # scope: "global" groups all processes' pairs together; "process" groups each process's own
     # (search_space per process, a multiple of the local batch).
+    # save_embeddings: write each epoch's collected pairs to WORKDIR/grit_embeddings*.npz as it
+    # ends; warm_start: a path or glob of such files, to group epoch 0 by instead of at random.
     c.grit = ml_collections.ConfigDict(
-        {"enabled": False, "search_space": 1920, "refresh_every_steps": 0, "scope": "global"}
+        {
+            "enabled": False,
+            "search_space": 1920,
+            "refresh_every_steps": 0,
+            "scope": "global",
+            "save_embeddings": False,
+            "warm_start": "",
+        }
     )
     # Axes data × fsdp × tensor (-1: the remaining devices). E.g. (("data", -1), ("fsdp", 4)).
     c.mesh = (("data", -1),)

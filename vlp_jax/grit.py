@@ -29,10 +29,17 @@ groups at most, with no extra communication.
 
 The sampler's whole state (epoch, order, pairs collected so far; per process in the process
 scope) is saved with each checkpoint, so a resumed run replays the same batches.
+
+Warm start: `config.grit.save_embeddings` writes each epoch's collected pairs (indices and
+embeddings) to the workdir as it ends (`save_embeddings`), and `config.grit.warm_start` groups a
+new run's epoch 0 by such files instead of a random order (`load_embeddings`, `warm_start`).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import zipfile
 from typing import Any
 
 import jax
@@ -48,6 +55,7 @@ OUTPUTS = ("out/image_emb", "out/text_emb")
 SCOPES = ("global", "process")
 # State entries that differ between processes in the `process` scope.
 PER_PROCESS = ("collected", "index", "image_emb", "text_emb")
+EMBEDDING_KEYS = ("index", "image_emb", "text_emb")
 
 
 class GritSampler:
@@ -201,6 +209,25 @@ class GritSampler:
         )
         return index[pick][chain]
 
+    def warm_start(self, index: np.ndarray, image_emb: np.ndarray, text_emb: np.ndarray) -> None:
+        """Epoch 0 grouped by saved embeddings (an earlier run's, or another model's) instead of a
+        random order; examples without one fill random batches. In the process scope process p
+        groups the examples with index % P == p, so each is grouped once."""
+        if self.epoch:
+            raise ValueError("a warm start groups epoch 0; this sampler is already past it")
+        rng = np.random.default_rng([self.seed, 0, 1])
+        index = np.asarray(index, np.int64)
+        if self.scope == "process":
+            self._check_real_processes()
+            keep = index % self.process_count == self.process_index
+            own_rng = np.random.default_rng([self.seed, 0, 1 + self.process_index])
+            groups = self._chain(index[keep], image_emb[keep], text_emb[keep], own_rng)
+            groups = np.asarray(concat_over_processes(groups, ragged=True), np.int64)
+            groups = groups.reshape(-1, self.group_size)
+            self.order = self._with_the_rest(groups[rng.permutation(len(groups))].reshape(-1), rng)
+        else:
+            self.order = self._with_the_rest(self._chain(index, image_emb, text_emb, rng), rng)
+
     def advance(self) -> None:
         """Ends the epoch (or refresh period): the next order is grouped. Epoch mode starts the
         collection afresh; refresh mode keeps the latest embeddings of examples not revisited."""
@@ -279,6 +306,82 @@ class GritSampler:
             if count
             else []
         )
+
+
+def save_embeddings(
+    path: str, index: np.ndarray, image_emb: np.ndarray, text_emb: np.ndarray
+) -> None:
+    """Writes pairs' dataset indices [n] and L2-normalised embeddings [n, d] to the .npz `path`,
+    for `config.grit.warm_start`. Written to a temporary file and renamed, so a crash never
+    leaves half a file."""
+    tmp = f"{path}.tmp.npz"
+    np.savez(
+        tmp,
+        index=np.asarray(index, np.int64),
+        image_emb=np.asarray(image_emb, np.float32),
+        text_emb=np.asarray(text_emb, np.float32),
+    )
+    os.replace(tmp, path)
+
+
+def load_embeddings(pattern: str, num_examples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs in the .npz files matching `pattern` (a path or a glob, e.g. the per-process
+    files of a process-scope run), concatenated: (index [n], image_emb [n, d], text_emb [n, d]).
+    Errors name the file and the key at fault."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"config.grit.warm_start={pattern!r}: no such file")
+    parts = []
+    for path in paths:
+        try:
+            data = np.load(path)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise ValueError(f"{path} is not a readable .npz file: {error}") from error
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is not an .npz file (np.load gave a {type(data).__name__})")
+        with data:
+            missing = [k for k in EMBEDDING_KEYS if k not in data.files]
+            if missing:
+                raise ValueError(
+                    f"{path} has no {missing} (it holds {data.files}); write warm starts with "
+                    "vlp_jax.grit.save_embeddings"
+                )
+            index, v, t = (np.asarray(data[k]) for k in EMBEDDING_KEYS)
+        if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(
+                f"{path}: 'index' must be 1-D integers, not {index.dtype}{index.shape}"
+            )
+        if v.ndim != 2 or v.shape != t.shape or len(v) != len(index):
+            raise ValueError(
+                f"{path}: 'image_emb' {v.shape} and 'text_emb' {t.shape} must both be "
+                f"[{len(index)}, d], one row per entry of 'index'"
+            )
+        bad = np.flatnonzero((index < 0) | (index >= num_examples))
+        if len(bad):
+            raise ValueError(
+                f"{path}: 'index'[{bad[0]}] = {index[bad[0]]} is outside the {num_examples} "
+                f"training examples ({len(bad)} such entries); was it written for other data?"
+            )
+        parts.append((index.astype(np.int64), v.astype(np.float32), t.astype(np.float32)))
+    if len({p[1].shape[1] for p in parts}) > 1:
+        raise ValueError(f"config.grit.warm_start={pattern!r}: files of different widths {paths}")
+    index, v, t = (np.concatenate(x) for x in zip(*parts))
+    values, counts = np.unique(index, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"config.grit.warm_start={pattern!r}: example {values[counts > 1][0]} appears "
+            f"{counts.max()} times in {paths}"
+        )
+    return index, v, t
+
+
+def embeddings_path(workdir: str, sampler: GritSampler) -> str:
+    """Where `config.grit.save_embeddings` writes: one file, or one per process in the process
+    scope (a warm start reads them all with the glob `grit_embeddings*.npz`)."""
+    name = "grit_embeddings.npz"
+    if sampler.scope == "process":
+        name = f"grit_embeddings.process{sampler.process_index}.npz"
+    return os.path.join(workdir, name)
 
 
 def _by_process() -> NamedSharding:

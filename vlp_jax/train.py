@@ -341,6 +341,8 @@ def train_and_evaluate(
         saved = ckpt.restore_sampler(sampler.restore_target)
         if saved is not None:
             sampler.load_state(saved)
+        elif config.grit.get("warm_start"):
+            sampler.warm_start(*grit.load_embeddings(config.grit.warm_start, train_size))
 
     def open_data() -> Any:
         """This process's batch iterator: endless for plain sampling, one epoch for GRIT."""
@@ -423,6 +425,12 @@ def train_and_evaluate(
                     sampler.collect(index, grit.host_rows(v, sampler), grit.host_rows(t, sampler))
                 embedded = []
             if epoch_end:
+                if config.grit.get("save_embeddings") and (
+                    sampler.scope == "process" or jax.process_index() == 0
+                ):
+                    grit.save_embeddings(
+                        grit.embeddings_path(workdir, sampler), *sampler.collected()
+                    )
                 t_group = time.perf_counter()
                 sampler.advance()  # the next epoch's batches are grouped by this epoch's pairs
                 grouping_seconds += time.perf_counter() - t_group
