@@ -86,9 +86,10 @@ def test_warm_start_files_are_checked_and_errors_name_the_fault(tmp_path):
     grit.save_embeddings(str(tmp_path / "a.npz"), index + 7, v, v)
     with pytest.raises(ValueError, match=r"a.npz: 'index'\[3\] = 10 is outside the 10"):
         grit.load_embeddings(str(tmp_path / "a.npz"), 10)
-    grit.save_embeddings(str(tmp_path / "b.npz"), index + 5, v, v)  # 7 and 8 are in a.npz too
-    with pytest.raises(ValueError, match="example 7 appears 2 times"):
-        grit.load_embeddings(str(tmp_path / "[ab].npz"), 11)
+    grit.save_embeddings(str(tmp_path / "b.npz"), index + 5, 2 * v, v)  # 7, 8 are in a.npz too
+    index_ab, v_ab, _ = grit.load_embeddings(str(tmp_path / "[ab].npz"), 11)  # a glob
+    assert list(index_ab) == [7, 8, 9, 10, 5, 6]  # the first row of each example is kept
+    np.testing.assert_array_equal(v_ab, np.concatenate([v, 2 * v[:2]]))
     grit.save_embeddings(str(tmp_path / "c.npz"), index, v, v[:3])
     with pytest.raises(ValueError, match="must both be"):
         grit.load_embeddings(str(tmp_path / "c.npz"), 10)

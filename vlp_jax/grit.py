@@ -366,12 +366,19 @@ def load_embeddings(pattern: str, num_examples: int) -> tuple[np.ndarray, np.nda
     if len({p[1].shape[1] for p in parts}) > 1:
         raise ValueError(f"config.grit.warm_start={pattern!r}: files of different widths {paths}")
     index, v, t = (np.concatenate(x) for x in zip(*parts))
-    values, counts = np.unique(index, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(
-            f"config.grit.warm_start={pattern!r}: example {values[counts > 1][0]} appears "
-            f"{counts.max()} times in {paths}"
+    # A process-scope run's files can share an example (a bad image's substitute, or a refresh
+    # period's re-reads); the first row, in file order, is kept.
+    _, first = np.unique(index, return_index=True)
+    if len(first) < len(index):
+        logging.warning(
+            "config.grit.warm_start=%r: %d rows repeat an example of an earlier row in %s; "
+            "the first of each is kept",
+            pattern,
+            len(index) - len(first),
+            paths,
         )
+        keep = np.sort(first)
+        index, v, t = index[keep], v[keep], t[keep]
     return index, v, t
 
 
