@@ -1,4 +1,5 @@
 """python -m vlp_jax.main --config configs/albef.py --workdir runs/albef
+   python -m vlp_jax.main --config configs/albef.py:size=demo --workdir runs/albef_demo
    python -m vlp_jax.main --config configs/albef.py:size=tiny --workdir runs/albef_tiny   (tests)
 
 ALBEF (Li et al., 2021): ViT-B/16 image encoder + BERT-base split 6 text + 6 fusion layers, 256 px,
@@ -10,6 +11,9 @@ initialisation it reaches COCO-5K zero-shot TR@1 ≈ 68.7 / IR@1 ≈ 50.1 (paper
 it is a throughput and sharding reference. Real data: configs/files.py; pretrained towers:
 `--config.init.text=bert-base-uncased --config.init.image=...` (README, "Pretrained weights").
 
+`size=demo` is GRIT-VLP's comparison baseline on `shapes`: the schedule, towers and 16,000 training
+pairs of `configs/grit_vlp.py:size=demo` (1,100 steps of 64), so the two differ only by recipe; the
+queue holds 4,096 pairs (a quarter of an epoch) and α ramps over the first epoch (250 steps).
 `size=tiny` keeps every code path with a micro model for tests (seconds per step on CPU).
 """
 
@@ -28,10 +32,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # does not clip gradients.
         config_lib.use_base_towers(c, "albef", image_size=256, max_len=25)
         c.optimizer.grad_clip_norm = 0.0
-        c.momentum.update(enabled=True, queue_size=65_536, alpha=0.4, alpha_ramp_steps=10_000)
+        ramp = c.total_steps // 30  # the first of 30 epochs
+        c.momentum.update(enabled=True, queue_size=65_536, alpha=0.4, alpha_ramp_steps=ramp)
+        return c
+    if args.size == "demo":
+        config_lib.use_demo_run(c, "albef", steps=1100)
+        c.data.train_examples = 16_000
+        c.momentum.update(enabled=True, queue_size=4096, alpha=0.4, alpha_ramp_steps=250)
         return c
     if args.size != "tiny":
-        raise ValueError(f"configs/albef.py: size={args.size!r}; accepted: ['base', 'tiny']")
+        raise ValueError(
+            f"configs/albef.py: size={args.size!r}; accepted: ['base', 'demo', 'tiny']"
+        )
     config_lib.use_tiny_run(c, "albef", steps=6)
     c.momentum.update(enabled=True, queue_size=32, alpha=0.4, alpha_ramp_steps=3)
     c.eval.itm_rerank_k = 4

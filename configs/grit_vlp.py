@@ -13,7 +13,8 @@ GRIT-VLP (Byun et al., NeurIPS 2022): ALBEF without the momentum model, plus
   - ITC + 0.2 · ITC consistency (`vlp_jax.losses.itc_consistency`);
   - MLM with masking probability 0.5.
 The paper reports ALBEF's quality with a third of its epochs (≈ 10 vs 30 on 4M); the released
-config trains 20 epochs at batch 512 (4 × 128), AdamW lr 1e-4, wd 0.02.
+config trains 20 epochs at batch 512 (4 × 128), AdamW lr 1e-4, wd 0.02, on ALBEF's 30-epoch
+cosine, stopped after 20 (its last lr ≈ 3.3e-5 here, stepped per step; 3.67e-5 per epoch).
 
 `size=demo` is the CPU demo model on `shapes` with 16,000 training pairs (so 1,100 steps of 64
 cover 4.4 epochs, and 3 of them are grouped); `size=tiny` is a micro model for tests.
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.size == "base":
         c.batch_size = 512
         c.total_steps = 20 * 10_000  # 20 epochs of ~5.1M pairs
+        c.optimizer.schedule_steps = 30 * 10_000  # GRIT's 30-epoch cosine, stopped after 20
         config_lib.use_base_towers(c, "albef", image_size=256, max_len=25)
         use_grit(c, search_space=1920 * 4)  # GRIT's 1,920 per GPU × 4 GPUs, grouped globally
         return c

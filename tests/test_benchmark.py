@@ -1,6 +1,7 @@
 """The benchmark writes every figure it promises; MFU needs a known (or given) peak."""
 
 import json
+import math
 import os
 
 import pytest
@@ -153,3 +154,160 @@ def test_grouping_hop_costs_time_each_piece_of_one_search_space():
     }
     assert costs["chain_budget_ms"] == pytest.approx(0.3 * costs["matmul_ms"])
     assert all(costs[k] > 0 for k in costs if not k.endswith("_chain_ms"))
+
+
+def _fake_run(final_r1: float, *, itm: float, hardness: float, total: int = 400) -> list[dict]:
+    """A run's metrics.jsonl rows: training every 50 steps, evaluation every 100, mean R@1
+    rising linearly to `final_r1`."""
+    rows = []
+    for step in range(50, total + 1, 50):
+        first_epoch = step <= 200
+        rows.append(
+            {
+                "step": step,
+                "train/itm": itm if step > total - 100 else 9.0,
+                "train/hardest_negative_sim": 0.1 if first_epoch else hardness,
+            }
+        )
+        if step % 100 == 0:
+            r1 = final_r1 * step / total
+            rows.append(
+                {
+                    "step": step,
+                    "eval/i2t_r1": r1 - 1,
+                    "eval/t2i_r1": r1 + 1,
+                    "eval/hardneg_acc_itm": 60.0,
+                    "eval/hardneg_acc_itm_swap": 50.0,
+                    "eval/hardneg_acc_itc": 65.0,
+                }
+            )
+    return rows
+
+
+def test_grit_recipe_summary_reports_itm_loss_hardness_retrieval_and_steps_to_baselines(tmp_path):
+    from vlp_jax.benchmark import grit_recipe
+
+    metrics = {
+        "albef_momentum": _fake_run(10.0, itm=0.5, hardness=0.3),
+        "grit_random": _fake_run(20.0, itm=0.6, hardness=0.4),
+        "grit_grouped": _fake_run(8.0, itm=0.7, hardness=0.9),
+    }
+    for step, grouped in ((250, 0.9), (350, 1.0)):  # as the trainer logs each regrouping
+        metrics["grit_grouped"].append(
+            {
+                "step": step,
+                "grit/hardest_negative_sim_grouped": grouped,
+                "grit/hardest_negative_sim_random": 0.5,
+            }
+        )
+    runs = {
+        row: {0: grit_recipe.summarise_run(rows, first_epoch_steps=200)}
+        for row, rows in metrics.items()
+    }
+    summary = grit_recipe.summarise(runs)
+    grouped = summary["grit_grouped"]["seeds"][0]
+    assert grouped["itm_loss"] == pytest.approx(0.7)  # steps 350 and 400 only
+    assert grouped["hardest_negative_sim"] == pytest.approx(0.9)  # after the first epoch only
+    assert grouped["final"]["r_mean_r1"] == pytest.approx(8.0)
+    assert grouped["final_step"] == 400
+    # R@1 at 100..400: grouped 2, 4, 6, 8; albef 2.5 … 10; random 5 … 20.
+    assert grouped["steps_to"] == {"albef_momentum": None, "grit_random": None}
+    assert summary["grit_random"]["seeds"][0]["steps_to"] == {
+        "albef_momentum": 200,
+        "grit_random": 400,
+    }
+    assert summary["albef_momentum"]["mean"]["itm_loss"] == pytest.approx(0.5)
+    assert grit_recipe.steps_to_reach([(100, 1.0), (200, 3.0)], 2.0) == 200
+    table = grit_recipe.markdown(summary)
+    assert (
+        "| grit_grouped | 0 | 0.700 | 0.900 | 0.950 / 0.500 | 8.00 | 60.0 (– / 50.0 / –) | 65.0 |"
+        in table
+    )
+    assert "| albef_momentum | 0 | 0.500 | 0.300 | – / – | 10.00 |" in table
+    assert "not reached / not reached" in table
+    grit_recipe.write_plots(str(tmp_path), metrics, seed=0)
+    for name in grit_recipe.PLOTS:
+        assert (tmp_path / name).stat().st_size > 1000
+
+    # Two seeds: a mean line per row.
+    two = {row: {0: r[0], 1: r[0]} for row, r in runs.items()}
+    assert "| grit_grouped | mean | 0.700 | 0.900 | 0.950 / 0.500 | 8.00 |" in grit_recipe.markdown(
+        grit_recipe.summarise(two)
+    )
+
+
+def test_grit_recipe_rows_differ_only_by_recipe():
+    from vlp_jax import config_lib
+    from vlp_jax.benchmark import grit_recipe
+
+    def flat(config, prefix=""):
+        out = {}
+        for key, value in config.items():
+            if hasattr(value, "items"):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    albef = flat(config_lib.load_config_file(grit_recipe.ROWS["albef_momentum"][0]))
+    grit = flat(config_lib.load_config_file(grit_recipe.ROWS["grit_grouped"][0]))
+    differing = {k for k in albef.keys() | grit.keys() if albef.get(k) != grit.get(k)}
+    assert differing == {
+        "grit.enabled",
+        "itm.mode",
+        "loss_weights.itc_consistency",
+        "mlm.mask_prob",
+        "momentum.enabled",
+        "momentum.queue_size",
+        "momentum.alpha_ramp_steps",
+    }
+    assert albef["momentum.alpha_ramp_steps"] * 64 == albef["data.train_examples"]  # one epoch
+    command = grit_recipe.train_command("grit_random", 3, "/w")
+    assert "--config.grit.enabled=False" in command
+    assert command[-2:] == ["--config.seed=3", "--workdir=/w/grit_random_s3"]
+
+
+def test_grit_recipe_reads_metrics_of_killed_runs_and_knows_finished_ones(tmp_path):
+    from vlp_jax.benchmark import grit_recipe
+
+    run = tmp_path / "grit_grouped_s0"
+    assert not grit_recipe.finished(str(run), 100)
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 100, "train/itm": 1.0}\n{"step": 100, "ev')
+    assert grit_recipe.read_metrics(str(run / "metrics.jsonl")) == [{"step": 100, "train/itm": 1.0}]
+    assert not grit_recipe.finished(str(run), 100)
+    (run / "metrics.jsonl").write_text('{"step": 100, "eval/i2t_r1": 1.0}\n')
+    assert grit_recipe.finished(str(run), 100)
+    assert not grit_recipe.finished(str(run), 200)
+    (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object"):
+        grit_recipe.read_metrics(str(run / "metrics.jsonl"))
+
+
+def test_grouping_plot_draws_the_median_of_each_form_per_size(tmp_path):
+    from vlp_jax.benchmark import plot
+
+    for name, scale in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
+        rows = [
+            {"pairs": 1000, "jax_seconds": scale, "matmul_floor_seconds": 0.5 * scale},
+            {"pairs": 8000, "jax_seconds": 8 * scale, "paper_loop_seconds": 80.0},
+        ]
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    series = plot.grouping_series(plot.read_grouping_results(str(tmp_path / "*.json")))
+    assert series["grouped_order"] == ([1000, 8000], [2.0, 16.0])
+    assert series["similarity matmuls (floor)"] == ([1000], [1.0])
+    assert series["paper's Python loop"] == ([8000], [80.0])
+    assert "lean Python loop" not in series
+    out = tmp_path / "speed.png"
+    plot.line_plot(series, "t", str(out), x_label="pairs", log_x=True, log_y=True)
+    assert out.stat().st_size > 1000
+    assert [label for _, label in plot._ticks(3.0, math.log10(8000), log=True)] == [
+        "1k",
+        "2k",
+        "5k",
+    ]
+    (tmp_path / "bad.json").write_text('{"pairs": 1}')
+    with pytest.raises(ValueError, match=r"bad.json: not a list of grouping benchmark rows"):
+        plot.read_grouping_results(str(tmp_path / "*.json"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        plot.read_grouping_results(str(tmp_path / "none*.json"))

@@ -1,5 +1,6 @@
 """Configs load, overrides work on the command line, and bad keys or values are named."""
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from vlp_jax import config_lib
     [
         ("demo", None),
         ("albef", None),
+        ("albef", "demo"),
         ("albef", "tiny"),
         ("clip", None),
         ("clip", "demo"),
@@ -80,6 +82,24 @@ def test_bad_values_name_the_key_and_accepted_values():
         config_lib.validate(config)
     config.model.image.pos_embed_init, config.model.init_std = "normal", 0.0
     with pytest.raises(ValueError, match="config.model.init_std=0.0 must be a positive number"):
+        config_lib.validate(config)
+
+
+def test_schedule_steps_stop_the_cosine_part_way_as_grit_does():
+    from vlp_jax import optim
+
+    config = load_config("grit_vlp", None)
+    schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+    # GRIT-VLP: ALBEF's 30-epoch cosine, stopped after 20; per step, lr = 1e-5 + 0.5·9e-5·(1 +
+    # cos(π·(198k / 298k))) at the last step.
+    expected = 1e-5 + 0.5 * 9e-5 * (1 + math.cos(math.pi * 198_000 / 298_000))
+    assert float(schedule(config.total_steps)) == pytest.approx(expected, rel=1e-4)
+    assert float(schedule(config.total_steps)) == pytest.approx(3.25e-5, rel=0.01)
+    config.optimizer.schedule_steps = 0  # the run's own length: the cosine ends at the minimum
+    schedule = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+    assert float(schedule(config.total_steps)) == pytest.approx(1e-5)
+    config.optimizer.schedule_steps = config.total_steps - 1
+    with pytest.raises(ValueError, match="config.optimizer.schedule_steps=199999 ends the cosine"):
         config_lib.validate(config)
 
 

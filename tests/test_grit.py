@@ -38,6 +38,35 @@ def test_epochs_are_permutations_and_grouped_batches_share_a_cluster():
     assert sum(len(set(b)) == 1 for b in random_batches) == 0
 
 
+def test_regrouping_measures_its_batches_against_random_ones_by_the_same_embeddings():
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(12, 5)).astype(np.float32)
+    t = rng.normal(size=(12, 5)).astype(np.float32)
+    index = np.arange(100, 112)
+    order = np.concatenate([rng.permutation(index), [5, 6]])  # 3 whole batches and a remainder
+    expected = []
+    for batch in order[:12].reshape(3, 4):
+        rows = batch - 100
+        sims = v[rows] @ t[rows].T
+        np.fill_diagonal(sims, -np.inf)
+        expected.append(sims.max(axis=1))
+    assert grit.order_hardness(order, index, v, t, 4) == pytest.approx(np.mean(expected))
+    # A batch holding a pair without embeddings is left out; none left gives NaN.
+    holed = order.copy()
+    holed[0] = 5
+    assert grit.order_hardness(holed, index, v, t, 4) == pytest.approx(np.mean(expected[1:]))
+    assert np.isnan(grit.order_hardness(np.arange(4), index, v, t, 4))
+
+    sampler = grit.GritSampler(num_examples=70, batch_size=8, search_space=32, seed=0)
+    _collect_epoch(sampler, np.random.default_rng(0))
+    sampler.advance()
+    hardness = sampler.batch_hardness
+    assert set(hardness) == {"hardest_negative_sim_grouped", "hardest_negative_sim_random"}
+    assert hardness["hardest_negative_sim_grouped"] > 0.9  # one cluster per batch, mostly
+    # Random batches of 8 from 4 clusters mostly hold a same-cluster pair too, but not always.
+    assert hardness["hardest_negative_sim_random"] < hardness["hardest_negative_sim_grouped"] - 0.05
+
+
 def test_sampler_state_round_trips_and_orders_are_deterministic():
     a = grit.GritSampler(num_examples=64, batch_size=8, search_space=32, seed=3)
     _collect_epoch(a, np.random.default_rng(1))
@@ -138,6 +167,14 @@ def test_resumed_grit_run_replays_the_same_batches(tmp_path, monkeypatch):
     assert sorted(whole[3:6].ravel()) == list(range(48))
     assert not np.array_equal(whole[3:6], whole[0:3])
     assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "4" / "sampler")
+    # Each regrouping (after steps 3 and 6) is measured and logged at that or the next log step.
+    logged = [
+        r
+        for r in train_rows(str(tmp_path / "whole")).values()
+        if "grit/hardest_negative_sim_grouped" in r
+    ]
+    assert [r["step"] for r in logged] == [4, 6]
+    assert all(-1 <= r["grit/hardest_negative_sim_random"] <= 1 for r in logged)
 
     # `save_embeddings` wrote epoch 1's pairs (the last whole epoch) as it ended, and a run
     # warm-started from them groups its epoch 0 by them.

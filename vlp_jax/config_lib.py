@@ -210,6 +210,8 @@ def base_config() -> ml_collections.ConfigDict:
             "eps": 1e-8,
             "weight_decay": 0.02,
             "grad_clip_norm": 5.0,
+            # > 0: the cosine reaches min_learning_rate here rather than at total_steps.
+            "schedule_steps": 0,
         }
     )
     c.loss_weights = ml_collections.ConfigDict(
@@ -562,6 +564,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "optimizer.learning_rate",
         "data.max_len",
     )
+    schedule_steps = config.optimizer.get("schedule_steps", 0)
+    if schedule_steps and schedule_steps < config.total_steps:
+        raise ValueError(
+            f"config.optimizer.schedule_steps={schedule_steps} ends the cosine before "
+            f"config.total_steps={config.total_steps}; use 0 (the run's length) or more"
+        )
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(
             f"config.batch_size={config.batch_size} does not split into "

@@ -103,6 +103,10 @@ class GritSampler:
         # Process scope: the process that last trained on each example (-1: none yet).
         self.owner = np.full(num_examples, -1, np.int32)
         self._collected: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # Set as a global-scope regrouping builds an order: the mean hardest in-batch negative
+        # cosine of its batches and of random batches, by the same embeddings (the trainer logs
+        # and clears it).
+        self.batch_hardness: dict[str, float] = {}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -149,7 +153,16 @@ class GritSampler:
             self._check_real_processes()
             return self.order_from_groups(concat_over_processes(self.own_groups(), ragged=True))
         rng = np.random.default_rng([self.seed, self.epoch + 1])
-        return self._with_the_rest(self._chain(*self.collected(), rng), rng)
+        index, v, t = self.collected()
+        order = self._with_the_rest(self._chain(index, v, t, rng), rng)
+        if len(index) >= self.batch_size:
+            self.batch_hardness = {
+                "hardest_negative_sim_grouped": order_hardness(order, index, v, t, self.batch_size),
+                "hardest_negative_sim_random": order_hardness(
+                    rng.permutation(index), index, v, t, self.batch_size
+                ),
+            }
+        return order
 
     def take_ownership(self) -> None:
         """Process scope, as an epoch or refresh period ends (idempotent): each example the
@@ -306,6 +319,33 @@ class GritSampler:
             if count
             else []
         )
+
+
+def order_hardness(
+    order: np.ndarray,
+    index: np.ndarray,
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    batch_size: int,
+    max_batches: int = 256,
+) -> float:
+    """How hard `order`'s batches are, by these embeddings: over its whole batches whose pairs
+    all have a row (`index`), at most `max_batches` of them evenly spaced, the mean over images
+    of the cosine to their most similar text of another pair in the batch. Unlike the training
+    metric, this compares orders by the same embeddings, free of what each model learned."""
+    row_of = np.full(max(int(order.max()), int(index.max())) + 1, -1, np.int64)
+    row_of[index] = np.arange(len(index))
+    full = len(order) - len(order) % batch_size
+    rows = row_of[order[:full]].reshape(-1, batch_size)
+    rows = rows[(rows >= 0).all(axis=1)]
+    if not len(rows):
+        return float("nan")
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_batches)).astype(np.int64)]
+    v = np.asarray(image_emb, np.float32)[rows]
+    t = np.asarray(text_emb, np.float32)[rows]
+    sims = np.einsum("bid,bjd->bij", v, t)
+    sims[:, np.arange(batch_size), np.arange(batch_size)] = -np.inf
+    return float(sims.max(axis=2).mean())
 
 
 def save_embeddings(

@@ -11,9 +11,11 @@ import optax
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warm-up from `warmup_init` to `learning_rate`, then cosine decay to
-    `min_learning_rate` at `total_steps` (ALBEF: 1e-5 → 1e-4 → 1e-5)."""
+    `min_learning_rate` at `opt.schedule_steps`, or at `total_steps` where that is 0 (ALBEF:
+    1e-5 → 1e-4 → 1e-5). A schedule longer than the run stops part-way down the cosine, as
+    GRIT-VLP's 30-epoch cosine stopped after 20 epochs."""
     warmup = int(opt.warmup_steps)
-    decay_steps = max(int(total_steps) - warmup, 1)
+    decay_steps = max(int(opt.get("schedule_steps", 0) or total_steps) - warmup, 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=float(opt.warmup_init),
         peak_value=float(opt.learning_rate),
@@ -24,7 +26,11 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """Decay matrices and higher-rank tensors only; biases, LayerNorm scales, scalars are exempt."""
+    """Decay matrices and higher-rank tensors only; biases, LayerNorm scales, scalars are exempt.
+
+    A deliberate difference from the timm-style filter ALBEF's code uses, which exempts tensors
+    with `len(shape) == 1` and so decays a 0-d τ: decay would only pull the temperature
+    toward 0."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 

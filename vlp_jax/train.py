@@ -457,6 +457,8 @@ def train_and_evaluate(
                     # overhead; the collection itself rides on the step's outputs).
                     row["perf/grit_grouping_fraction"] = grouping_seconds / elapsed
                     grouping_seconds = 0.0
+                    row.update({f"grit/{k}": v for k, v in sampler.batch_hardness.items()})
+                    sampler.batch_hardness = {}
                 row["perf/pairs_per_sec"] = pairs_since_log / elapsed
                 row["perf/pairs_per_sec_per_device"] = (
                     row["perf/pairs_per_sec"] / jax.device_count()
