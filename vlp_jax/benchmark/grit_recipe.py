@@ -266,7 +266,11 @@ def main(argv: list[str]) -> None:
                 command = train_command(row, seed, f.workdir)
                 print(" ".join(command), flush=True)
                 with open(directory + ".log", "a") as log:
-                    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+                    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+                if done.returncode:
+                    raise SystemExit(
+                        f"{row} seed {seed} failed (exit {done.returncode}); see {directory}.log"
+                    )
             metrics = read_metrics(os.path.join(directory, "metrics.jsonl"))
             first_epoch_steps = config.data.train_examples // config.batch_size
             runs[row][seed] = summarise_run(metrics, first_epoch_steps=first_epoch_steps)
